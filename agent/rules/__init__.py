@@ -1,0 +1,1 @@
+"""Local cold-chain rules: profiles, incremental evaluation, alarms."""

@@ -1,0 +1,256 @@
+"""The driver seam: one public read loop around the one method a driver writes.
+
+A driver turns device bytes into :class:`Reading` values. The agent starts each
+configured driver with :meth:`Driver.run`, which owns the lifecycle that every driver
+needs and no driver should write again (after python-can's ``recv``/``_recv_internal``)::
+
+    open ──► read, read, read … ──► error ──► close ──► report ──► back off ──► open …
+
+A blocking driver (serial, Modbus) writes :meth:`Driver._read` and, where it holds a
+device, :meth:`Driver._open` and :meth:`Driver._close`; they run in a worker thread so the
+event loop never blocks. An asyncio-native driver (BLE) overrides the ``_a*`` twins
+instead. Errors are reported to the :class:`Sink` (which the agent turns into a
+``driver_error`` event and a status entry) and the driver is reopened with full-jitter
+exponential backoff; one failing driver never stops the others.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from drivers.exc import DecodeError, DriverError, DriverIOError, DriverUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measured value, in PROTOCOL.md's quantities and SenML units.
+
+    ``ts`` is the wall-clock time (UTC epoch seconds) when the device took it, where the
+    driver knows it better than the agent (a simulated clock, a logger's own memory);
+    ``None`` means "now": the agent stamps it on arrival. A value the device marked
+    invalid or not available is never made into a Reading.
+    """
+
+    sensor_id: str
+    quantity: str
+    value: float
+    unit: str
+    ts: float | None = None
+    raw: float | None = None
+    rssi: int | None = None
+    #: Driver-specific extras recorded with the reading (e.g. ``packet_id``).
+    extra: Mapping[str, Any] | None = None
+
+
+class Sink(Protocol):
+    """Where a running driver delivers what it has. Implemented by the agent."""
+
+    def reading(self, reading: Reading) -> None:
+        """Take one reading (called on the event loop)."""
+
+    def driver_event(self, driver: str, event: str, details: Mapping[str, Any]) -> None:
+        """Record a driver lifecycle event: ``driver_error``, ``driver_recovered``."""
+
+
+class Options(BaseModel):
+    """Base of every driver's options model: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class DriverStatus:
+    """What ``coldgate status`` shows of one driver."""
+
+    state: str = "starting"  # starting | running | backoff | stopped
+    counters: Counter[str] = field(default_factory=Counter)
+    last_error: str | None = None
+    last_error_at: float | None = None
+    next_retry_at: float | None = None
+    restarts: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "counters": dict(self.counters),
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "next_retry_at": self.next_retry_at,
+            "restarts": self.restarts,
+        }
+
+
+class RateLimitedLog:
+    """Log a recurring problem at most once per ``interval_s``, with the count since.
+
+    Garbage on a serial line can arrive thousands of times a second; the log must say so
+    without flooding the journal.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
+        self._logger = logger
+        self._interval = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warning(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] += 1
+            return
+        extra = self._suppressed.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({extra} more like this suppressed)" if extra else ""
+        self._logger.warning(msg + suffix, *args)
+
+
+def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    r = rng or random
+    return r.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+class Driver(abc.ABC):
+    """Base class of every driver. Subclasses set ``type_name`` and ``Options``."""
+
+    #: The name the registry and config files know this driver by.
+    type_name: ClassVar[str] = ""
+    #: The pydantic model of this driver's options (the keys of its ``[[drivers]]`` table).
+    Options: ClassVar[type[Options]] = Options
+    #: How long one ``_read`` call may wait for data before returning (seconds).
+    read_timeout_s: ClassVar[float] = 1.0
+    #: Backoff between reopen attempts.
+    backoff_base_s: ClassVar[float] = 1.0
+    backoff_cap_s: ClassVar[float] = 60.0
+
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
+        self.options = options
+        self.status = DriverStatus()
+        self.log = logging.getLogger(f"coldgate.driver.{name}")
+        self.noisy = RateLimitedLog(self.log)
+        self._stopping = asyncio.Event() if _has_loop() else None
+
+    # -- what a driver writes -------------------------------------------------------
+    def _open(self) -> None:  # noqa: B027 - optional hook
+        """Open the device (blocking). Raise DriverUnavailable when it cannot be had."""
+
+    @abc.abstractmethod
+    def _read(self, timeout: float) -> Iterable[Reading]:
+        """Wait up to ``timeout`` s for data and return the readings it holds (blocking).
+
+        Return an empty iterable on a timeout. Raise :class:`DriverIOError` when the device
+        fails; count and swallow :class:`DecodeError` (bad bytes are never fatal).
+        """
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release the device (blocking). Must not raise."""
+
+    # -- asyncio twins: BLE overrides these; blocking drivers inherit threads ----------
+    async def _aopen(self) -> None:
+        await asyncio.to_thread(self._open)
+
+    async def _aread(self, timeout: float) -> Iterable[Reading]:
+        return await asyncio.to_thread(self._read, timeout)
+
+    async def _aclose(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    # -- the public loop --------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current read."""
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
+
+    async def run(self, sink: Sink) -> None:
+        """Open, read and deliver until :meth:`stop`; on failure report, back off, reopen."""
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        attempt = 0
+        failed = False
+        while not self.stopping:
+            opened = False
+            try:
+                self.status.state = "starting"
+                await self._aopen()
+                opened = True
+                self.status.state = "running"
+                self.status.next_retry_at = None
+                if failed:
+                    sink.driver_event(self.name, "driver_recovered", {"after_restarts": self.status.restarts})
+                    self.log.info("%s recovered", self.name)
+                    failed = False
+                while not self.stopping:
+                    got = False
+                    for reading in await self._aread(self.read_timeout_s):
+                        got = True
+                        self.status.counters["readings"] += 1
+                        sink.reading(reading)
+                    if got:
+                        attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal
+                failed = True
+                self._report(sink, exc, opened)
+                delay = backoff_delay(attempt, base=self.backoff_base_s, cap=self.backoff_cap_s)
+                attempt += 1
+                self.status.restarts += 1
+                self.status.state = "backoff"
+                self.status.next_retry_at = time.time() + delay
+                with contextlib.suppress(TimeoutError):
+                    assert self._stopping is not None
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            finally:
+                if opened:
+                    with contextlib.suppress(Exception):
+                        await self._aclose()
+        self.status.state = "stopped"
+
+    def _report(self, sink: Sink, exc: BaseException, opened: bool) -> None:
+        if isinstance(exc, DriverError):
+            kind = type(exc).__name__
+            msg = str(exc.args[0]) if exc.args else kind
+        elif isinstance(exc, DecodeError):  # a driver let one escape: still not fatal
+            kind, msg = "DecodeError", str(exc)
+        else:
+            kind = "DriverIOError" if opened else "DriverUnavailable"
+            msg = f"{type(exc).__name__}: {exc}"
+        self.status.last_error = f"{kind}: {msg}"
+        self.status.last_error_at = time.time()
+        self.status.counters["errors"] += 1
+        level = logging.WARNING if isinstance(exc, (DriverUnavailable, DriverIOError)) else logging.ERROR
+        self.log.log(level, "%s %s: %s (retrying with backoff)", self.name, kind, msg,
+                     exc_info=level == logging.ERROR)
+        sink.driver_event(
+            self.name,
+            "driver_error",
+            {"driver": self.name, "type": self.type_name, "error": kind, "message": msg, "phase": "read" if opened else "open"},
+        )
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
