@@ -81,6 +81,8 @@ class DriverStatus:
     last_error_at: float | None = None
     next_retry_at: float | None = None
     restarts: int = 0
+    #: Driver-specific status (per-sensor RSSI and last-heard, port names, …), JSON-able.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class DriverStatus:
             "last_error_at": self.last_error_at,
             "next_retry_at": self.next_retry_at,
             "restarts": self.restarts,
+            "details": self.details,
         }
 
 

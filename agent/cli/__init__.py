@@ -19,6 +19,7 @@ from agent import __version__
 from agent.exc import ColdgateError, ConfigError
 
 COMMAND_MODULES: list[str] = [
+    "agent.cli.decode_cmd",
 ]
 
 
