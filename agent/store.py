@@ -1,0 +1,567 @@
+"""The record store: an append-only, hash-chained SQLite log of readings, alarms and events.
+
+All SQL of the agent lives here. The guarantees, and how they are kept:
+
+Durable
+    WAL journal with ``synchronous=FULL``: a transaction that :meth:`Store.append`
+    returned from survives a crash or a power cut. The daemon group-commits: readings
+    gather in memory for at most ``commit_interval_s`` (≤ 1 s) and go in one transaction.
+Append-only, gap-free, chained
+    ``seq`` is assigned inside the writing transaction from the chain head kept in
+    ``meta`` (never from a clock, never reused, not even after the records are deleted);
+    each record's ``hash`` is SHA-256 over ``prev_hash`` and its RFC 8785 form
+    (:mod:`agent.canonical`). The canonical body is stored as it was hashed, so what is
+    sent is byte-for-byte what was chained. Several processes may append (the CLI
+    acknowledging an alarm while the daemon runs): the head is read under
+    ``BEGIN IMMEDIATE``.
+Nothing unsent is deleted
+    Records are deleted only once acknowledged by the server, by ``seq``, keeping the
+    newest ``keep_acked`` of them for diagnostics. Never by age.
+Quota
+    When the database reaches its quota, acknowledged records go first. If unsent data
+    alone fills it, new *readings* are refused (alarms and events still go into a reserve
+    of ``reserve_pct`` of the quota), and every refused reading is counted in a
+    ``data_loss`` event (which sensors, how many, over what time, why) written at once
+    and summarised when space returns. Committed data is never thinned or overwritten:
+    an auditor must be able to trust what is there.
+Self-healing
+    A database that cannot be opened or fails ``PRAGMA quick_check`` is set aside
+    (renamed, with its WAL, never deleted) and a new stream starts whose first record is
+    a ``stream_started`` event naming the reason, the set-aside file and the previous
+    stream and its last seq (kept in a small side file next to the database).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from agent.canonical import ZERO_HASH, canonical, record_hash
+from agent.exc import StoreError, StoreFull
+from agent.timebase import Clock, boot_id, rfc3339
+
+log = logging.getLogger(__name__)
+
+PENDING, ACKED, SET_ASIDE = 0, 1, 2
+
+#: Local-only keys of an item given to :meth:`Store.append` (not part of the record).
+_LOCAL_KEYS = ("mono_ns", "boot_id")
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        """CREATE TABLE records (
+            seq INTEGER PRIMARY KEY,
+            type TEXT NOT NULL,
+            ts REAL NOT NULL,
+            tq TEXT NOT NULL,
+            sensor_id TEXT,
+            quantity TEXT,
+            body TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            mono_ns INTEGER,
+            boot_id TEXT,
+            state INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    # the sync queue: alarms and events first, then the reading backlog, each by seq
+    db.execute("CREATE INDEX records_pending ON records(seq) WHERE state = 0")
+    db.execute("CREATE INDEX records_pending_urgent ON records(seq) WHERE state = 0 AND type != 'reading'")
+    db.execute("CREATE TABLE set_aside (seq INTEGER PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL)")
+    db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE latest (sensor_id TEXT, quantity TEXT, seq INTEGER, ts REAL, value REAL, unit TEXT,"
+        " PRIMARY KEY (sensor_id, quantity))"
+    )
+    db.execute(
+        "CREATE TABLE commands (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL,"
+        " created REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0)"
+    )
+
+
+#: Named migrations, applied in order; ``PRAGMA user_version`` counts those applied.
+MIGRATIONS = [("initial schema", _migration_1)]
+
+
+class Store:
+    """One stream's records in one SQLite file. Use :meth:`open`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, quota_bytes: int, reserve_pct: float,
+                 keep_acked: int) -> None:
+        self.conn = conn
+        self.path = path
+        self.quota_bytes = quota_bytes
+        self.reserve_bytes = int(quota_bytes * reserve_pct / 100.0)
+        self.keep_acked = keep_acked
+        self._lock = threading.RLock()
+        self.stream_id: str = self._meta("stream_id") or ""
+        self.gateway_id: str = self._meta("gateway_id") or ""
+        self._refusing = False
+        self._lost: dict[str, Any] = {}
+        self._last_loss_event = 0.0
+
+    # -- opening -----------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, gateway_id: str, quota_bytes: int = 512 << 20,
+             reserve_pct: float = 5.0, keep_acked: int = 100_000, check: bool = True,
+             create: bool = True, clock: Clock | None = None) -> Store:
+        """Open (or create) the store at ``path``; set a broken one aside and start anew.
+
+        With ``create=False`` a missing file raises :class:`StoreError` (the CLI reads a
+        store; only the daemon creates one).
+        """
+        p = Path(path)
+        if not create and not p.exists():
+            raise StoreError(f"no store at {p} (has the agent run with this config?)")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        existed = p.exists()
+        reason, error, aside = ("new" if not existed else None), None, None
+        try:
+            conn = cls._connect(p, check=check and existed)
+        except sqlite3.DatabaseError as exc:
+            error = str(exc)
+            aside = cls._set_aside(p)
+            log.error("store %s cannot be used (%s); set aside as %s, starting a new stream", p, exc, aside)
+            reason = "corrupt"
+            conn = cls._connect(p, check=False)
+        store = cls(conn, p, quota_bytes=quota_bytes, reserve_pct=reserve_pct, keep_acked=keep_acked)
+        if not store.stream_id:
+            store._start_stream(gateway_id, reason or "new", error=error, set_aside=aside, clock=clock or Clock())
+        return store
+
+    @staticmethod
+    def _connect(p: Path, *, check: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False, timeout=30.0)
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            if check:
+                row = conn.execute("PRAGMA quick_check").fetchone()
+                if row is None or row[0] != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _migrate(conn)
+            if check:
+                conn.execute("SELECT value FROM meta WHERE key = 'stream_id'").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _set_aside(p: Path) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = p.with_name(f"{p.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            target = p.with_name(f"{p.name}.corrupt-{stamp}-{n}")
+            n += 1
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(p) + suffix)
+            if src.exists():
+                src.rename(Path(str(target) + suffix))
+        return target
+
+    @property
+    def sidecar(self) -> Path:
+        return self.path.with_name(self.path.name + ".stream")
+
+    def _start_stream(self, gateway_id: str, reason: str, *, error: str | None, set_aside: Path | None,
+                      clock: Clock) -> None:
+        previous: dict[str, Any] = {}
+        try:
+            previous = json.loads(self.sidecar.read_text())
+        except (OSError, ValueError):
+            pass
+        if reason == "new" and previous.get("stream"):
+            reason = "store_missing"  # the file went away, but this gateway had a stream here
+        stream = str(uuid.uuid4())
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for k, v in (("stream_id", stream), ("gateway_id", gateway_id), ("head_seq", "0"),
+                             ("head_hash", ZERO_HASH), ("created_at", rfc3339(time.time()))):
+                    self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        self.stream_id, self.gateway_id = stream, gateway_id
+        details: dict[str, Any] = {"reason": reason}
+        if previous.get("stream"):
+            details["previous_stream"] = previous["stream"]
+            if previous.get("last_seq") is not None:
+                details["previous_last_seq"] = previous["last_seq"]
+        if set_aside is not None:
+            details["set_aside"] = str(set_aside)
+        if error:
+            details["error"] = error
+        self.append([{"type": "event", "event": "stream_started", "details": details, "ts": clock.now(),
+                      "time_quality": "synced" if clock.synced() else "unsynced", "mono_ns": clock.mono_ns(),
+                      "boot_id": boot_id()}])
+        self.write_sidecar()
+
+    def write_sidecar(self) -> None:
+        """Remember stream id and head seq beside the database (for the next stream_started)."""
+        tmp = self.sidecar.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stream": self.stream_id, "last_seq": self.head()[0]}))
+        os.replace(tmp, self.sidecar)
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self.write_sidecar()
+            except (OSError, sqlite3.Error):
+                pass
+            self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- appending ---------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the newest record (0 and 64 zeros when there is none)."""
+        with self._lock:
+            return int(self._meta("head_seq") or 0), self._meta("head_hash") or ZERO_HASH
+
+    def append(self, items: Sequence[Mapping[str, Any]], *, state: Mapping[str, Any] | None = None) -> list[int]:
+        """Append records in one transaction; return their seqs.
+
+        Each item has ``type`` (reading|alarm|event), ``ts`` (epoch seconds),
+        ``time_quality`` and the type's fields; ``mono_ns`` and ``boot_id`` are kept
+        locally and not sent. Epoch-second values of ``started_at`` are formatted like
+        ``ts``. ``state`` (e.g. the rule engine's snapshot) is saved in the same
+        transaction, so the records and the state that produced them never disagree.
+        Readings refused for the quota are counted in a ``data_loss`` event.
+        Raises :class:`StoreFull` when the disk itself is full (nothing was written).
+        """
+        with self._lock:
+            items = self._apply_quota(items)
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    seqs = self._append_locked(items, state)
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc).lower():
+                    raise StoreFull(f"disk full while writing {len(items)} records: {exc}") from exc
+                raise StoreError(f"append failed: {exc}") from exc
+            return seqs
+
+    def _append_locked(self, items: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None) -> list[int]:
+        head_seq = int(self._meta("head_seq") or 0)
+        head_hash = self._meta("head_hash") or ZERO_HASH
+        stream = self.stream_id
+        rows = []
+        latest: dict[tuple[str, str], tuple[int, float, float, str]] = {}
+        for item in items:
+            head_seq += 1
+            rtype = item["type"]
+            ts = float(item["ts"])
+            rec: dict[str, Any] = {"stream": stream, "seq": head_seq, "type": rtype, "ts": rfc3339(ts),
+                                   "time_quality": item["time_quality"], "prev_hash": head_hash}
+            for k, v in item.items():
+                if k in rec or k == "ts" or k in _LOCAL_KEYS:
+                    continue
+                if k == "started_at" and isinstance(v, (int, float)):
+                    v = rfc3339(v)
+                if v is not None:
+                    rec[k] = v
+            body = canonical(rec)
+            head_hash = record_hash(rec["prev_hash"], body)
+            sensor, quantity = rec.get("sensor_id"), rec.get("quantity")
+            rows.append((head_seq, rtype, ts, rec["time_quality"], sensor, quantity, body.decode("utf-8"), head_hash,
+                         item.get("mono_ns"), item.get("boot_id")))
+            if rtype == "reading":
+                latest[(sensor, quantity)] = (head_seq, ts, rec["value"], rec["unit"])
+        self.conn.executemany(
+            "INSERT INTO records (seq, type, ts, tq, sensor_id, quantity, body, hash, mono_ns, boot_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if latest:
+            self.conn.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?, ?, ?, ?, ?)",
+                                  [(s, q, *v) for (s, q), v in latest.items()])
+        if rows:
+            self.conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                                  [(str(head_seq), "head_seq"), (head_hash, "head_hash")])
+        for key, value in (state or {}).items():
+            self.conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, json.dumps(value)))
+        return [r[0] for r in rows]
+
+    # -- quota -------------------------------------------------------------------------
+    def disk_usage(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(str(self.path) + suffix).st_size
+            except OSError:
+                pass
+        return total
+
+    def _apply_quota(self, items: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        usage = self.disk_usage()
+        limit = self.quota_bytes - self.reserve_bytes
+        if usage >= limit:
+            self._free_acked(usage - limit)
+            usage = self.disk_usage()
+        if usage < limit:
+            if self._refusing:
+                self._refusing = False
+                log.warning("store below its quota again; readings accepted")
+                return [*items, *self._loss_event(final=True)]
+            return items
+        # Over quota with unsent data: refuse readings, keep alarms and events.
+        kept = [i for i in items if i["type"] != "reading"]
+        refused = [i for i in items if i["type"] == "reading"]
+        if refused:
+            first = not self._refusing
+            self._refusing = True
+            self._count_loss(refused)
+            if first:
+                log.error("store quota (%d bytes) full of unsent records: refusing new readings", self.quota_bytes)
+            if first or time.monotonic() - self._last_loss_event > 60.0:
+                kept.extend(self._loss_event(final=False))
+        return kept
+
+    def _count_loss(self, refused: Iterable[Mapping[str, Any]]) -> None:
+        lost = self._lost
+        for item in refused:
+            lost["count"] = lost.get("count", 0) + 1
+            ts = float(item["ts"])
+            lost["first_ts"] = min(lost.get("first_ts", ts), ts)
+            lost["last_ts"] = max(lost.get("last_ts", ts), ts)
+            sensors = lost.setdefault("sensors", {})
+            sid = str(item.get("sensor_id"))
+            sensors[sid] = sensors.get(sid, 0) + 1
+
+    def _loss_event(self, *, final: bool) -> list[dict[str, Any]]:
+        if not self._lost:
+            return []
+        lost, self._lost = self._lost, {}
+        self._last_loss_event = time.monotonic()
+        details = {
+            "reason": "store_full",
+            "what": "readings",
+            "count": lost["count"],
+            "sensors": lost["sensors"],
+            "from": rfc3339(lost["first_ts"]),
+            "to": rfc3339(lost["last_ts"]),
+            "quota_bytes": self.quota_bytes,
+            "still_refusing": not final,
+        }
+        return [{"type": "event", "event": "data_loss", "details": details, "ts": lost["last_ts"],
+                 "time_quality": "synced"}]
+
+    def _free_acked(self, need: int) -> None:
+        """Delete acknowledged records, lowest seq first, until ``need`` bytes are freed."""
+        # Deleted pages are reused by SQLite, so freeing rows makes room without VACUUM.
+        page = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        rows = self.conn.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM records WHERE state = ?",
+                                 (ACKED,)).fetchone()
+        if not rows[0]:
+            return
+        per_row = max(1, rows[1] // rows[0] + 100)
+        n = max(1, need // per_row + page // per_row)
+        self.conn.execute(
+            "DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE state = ? ORDER BY seq LIMIT ?)",
+            (ACKED, n))
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- sync side ---------------------------------------------------------------------
+    def pending(self, limit: int) -> list[tuple[int, str, str]]:
+        """Up to ``limit`` unsent records as ``(seq, body, hash)``: alarms and events
+        first, then readings, each oldest first; the batch is returned ascending by seq."""
+        with self._lock:
+            urgent = self.conn.execute(
+                "SELECT seq, body, hash FROM records WHERE state = 0 AND type != 'reading' ORDER BY seq LIMIT ?",
+                (limit,)).fetchall()
+            rest = limit - len(urgent)
+            if rest > 0:
+                after = 0
+                more = self.conn.execute(
+                    "SELECT seq, body, hash FROM records WHERE state = 0 AND seq > ? ORDER BY seq LIMIT ?",
+                    (after, limit)).fetchall()
+                seen = {r[0] for r in urgent}
+                urgent += [r for r in more if r[0] not in seen][:rest]
+            return sorted(urgent)
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        self._set_state(seqs, ACKED)
+
+    def set_aside(self, seqs: Sequence[int], reason: str) -> None:
+        """Keep records the server refused out of the queue (never deleted)."""
+        now = time.time()
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.executemany("UPDATE records SET state = ? WHERE seq = ?", [(SET_ASIDE, s) for s in seqs])
+                self.conn.executemany("INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?)",
+                                      [(s, reason, now) for s in seqs])
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+    def _set_state(self, seqs: Iterable[int], state: int) -> None:
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.executemany("UPDATE records SET state = ? WHERE seq = ? AND state = 0",
+                                      [(state, s) for s in seqs])
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+    def prune(self) -> int:
+        """Delete acknowledged records beyond the newest ``keep_acked``, by seq. Returns how many."""
+        with self._lock:
+            row = self.conn.execute("SELECT seq FROM records WHERE state = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                                    (ACKED, self.keep_acked)).fetchone()
+            if row is None:
+                return 0
+            cur = self.conn.execute("DELETE FROM records WHERE state = ? AND seq <= ?", (ACKED, row[0]))
+            return cur.rowcount
+
+    # -- reading back ------------------------------------------------------------------
+    def records(self, *, type: str | None = None, sensor_id: str | None = None, since_seq: int | None = None,
+                limit: int | None = None, descending: bool = False,
+                with_state: bool = False) -> list[dict[str, Any]]:
+        """Records as sent (with ``hash``), filtered; ascending by seq unless ``descending``.
+
+        ``with_state`` adds the local ``_state`` (pending, acked, set_aside).
+        """
+        where, args = ["1=1"], []
+        if type is not None:
+            where.append("type = ?")
+            args.append(type)
+        if sensor_id is not None:
+            where.append("sensor_id = ?")
+            args.append(sensor_id)
+        if since_seq is not None:
+            where.append("seq > ?")
+            args.append(since_seq)
+        sql = (f"SELECT body, hash, state FROM records WHERE {' AND '.join(where)}"
+               f" ORDER BY seq {'DESC' if descending else 'ASC'}")
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self.conn.execute(sql, args).fetchall()
+        out = []
+        for body, h, st in rows:
+            rec = json.loads(body)
+            rec["hash"] = h
+            if with_state:
+                rec["_state"] = ("pending", "acked", "set_aside")[st]
+            out.append(rec)
+        return out
+
+    def latest(self) -> list[dict[str, Any]]:
+        """The newest reading of each sensor and quantity."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT sensor_id, quantity, seq, ts, value, unit FROM latest ORDER BY sensor_id, quantity").fetchall()
+        return [dict(zip(("sensor_id", "quantity", "seq", "ts", "value", "unit"), r, strict=True)) for r in rows]
+
+    def load_state(self, key: str) -> Any:
+        with self._lock:
+            row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def unsynced_range(self, boot_id: str) -> tuple[int, int, int] | None:
+        """``(first_seq, last_seq, count)`` of this boot's records stamped while unsynced."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT min(seq), max(seq), count(*) FROM records WHERE boot_id = ? AND tq = 'unsynced'",
+                (boot_id,)).fetchone()
+        return None if not row or row[0] is None else (row[0], row[1], row[2])
+
+    def stats(self) -> dict[str, Any]:
+        """Depth and age of the queue, sizes: what ``coldgate status`` shows of the store."""
+        with self._lock:
+            head_seq, _ = self.head()
+            counts = dict(self.conn.execute("SELECT state, count(*) FROM records GROUP BY state").fetchall())
+            oldest = self.conn.execute("SELECT min(ts) FROM records WHERE state = 0").fetchone()[0]
+            pending_urgent = self.conn.execute(
+                "SELECT count(*) FROM records WHERE state = 0 AND type != 'reading'").fetchone()[0]
+        return {
+            "path": str(self.path),
+            "stream": self.stream_id,
+            "head_seq": head_seq,
+            "pending": counts.get(PENDING, 0),
+            "pending_alarms_events": pending_urgent,
+            "acked_kept": counts.get(ACKED, 0),
+            "set_aside": counts.get(SET_ASIDE, 0),
+            "oldest_pending_ts": rfc3339(oldest) if oldest is not None else None,
+            "oldest_pending_age_s": round(time.time() - oldest, 1) if oldest is not None else None,
+            "disk_bytes": self.disk_usage(),
+            "quota_bytes": self.quota_bytes,
+            "refusing_readings": self._refusing,
+        }
+
+    # -- commands from the CLI to a running daemon -------------------------------------
+    def enqueue_command(self, kind: str, payload: Mapping[str, Any]) -> int:
+        with self._lock:
+            cur = self.conn.execute("INSERT INTO commands (kind, payload, created) VALUES (?, ?, ?)",
+                                    (kind, json.dumps(payload), time.time()))
+            return int(cur.lastrowid or 0)
+
+    def take_commands(self) -> list[tuple[int, str, dict[str, Any]]]:
+        with self._lock:
+            rows = self.conn.execute("SELECT id, kind, payload FROM commands WHERE done = 0 ORDER BY id").fetchall()
+            if rows:
+                self.conn.executemany("UPDATE commands SET done = 1 WHERE id = ?", [(r[0],) for r in rows])
+        return [(i, k, json.loads(p)) for i, k, p in rows]
+
+    def command_done(self, command_id: int) -> bool:
+        with self._lock:
+            row = self.conn.execute("SELECT done FROM commands WHERE id = ?", (command_id,)).fetchone()
+        return bool(row and row[0])
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise sqlite3.DatabaseError(f"store schema version {version} is newer than this coldgate knows")
+    db = sqlite_utils.Database(conn)
+    for n, (name, step) in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            step(db)
+            conn.execute(f"PRAGMA user_version = {n}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("store migrated to schema %d (%s)", n, name)
+
+
+def read_only(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A read-only connection (for diagnostics on a store another process writes)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return conn
+
+
+__all__ = ["ACKED", "MIGRATIONS", "PENDING", "SET_ASIDE", "Store", "read_only"]
