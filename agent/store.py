@@ -490,13 +490,16 @@ class Store:
             row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def unsynced_range(self, boot_id: str) -> tuple[int, int, int] | None:
-        """``(first_seq, last_seq, count)`` of this boot's records stamped while unsynced."""
+    def unsynced_segments(self, boot_id: str, after_seq: int = 0) -> list[tuple[int, int, int, float]]:
+        """Runs of this boot's records stamped while unsynced, as
+        ``(first_seq, last_seq, count, wall_minus_boottime)``: one run per distinct relation
+        of the wall clock to the monotonic clock (it changes when the unsynced clock steps)."""
         with self._lock:
-            row = self.conn.execute(
-                "SELECT min(seq), max(seq), count(*) FROM records WHERE boot_id = ? AND tq = 'unsynced'",
-                (boot_id,)).fetchone()
-        return None if not row or row[0] is None else (row[0], row[1], row[2])
+            rows = self.conn.execute(
+                "SELECT min(seq), max(seq), count(*), avg(ts - mono_ns / 1e9) FROM records"
+                " WHERE boot_id = ? AND tq = 'unsynced' AND mono_ns IS NOT NULL AND seq > ?"
+                " GROUP BY round(ts - mono_ns / 1e9) ORDER BY 1", (boot_id, after_seq)).fetchall()
+        return [(a, b, n, base) for a, b, n, base in rows]
 
     def stats(self) -> dict[str, Any]:
         """Depth and age of the queue, sizes: what ``coldgate status`` shows of the store."""

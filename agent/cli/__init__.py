@@ -19,6 +19,11 @@ from agent import __version__
 from agent.exc import ColdgateError, ConfigError
 
 COMMAND_MODULES: list[str] = [
+    "agent.cli.run_cmd",
+    "agent.cli.config_cmd",
+    "agent.cli.status_cmd",
+    "agent.cli.readings_cmd",
+    "agent.cli.sync_cmd",
     "agent.cli.decode_cmd",
 ]
 

@@ -1,0 +1,36 @@
+"""``coldgate run``: the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.cli.common import add_config_arg
+
+#: sysexits EX_CONFIG: the unit file does not restart the service in a loop on it.
+EX_CONFIG = 78
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("run", help="run the agent (what the systemd service starts)")
+    add_config_arg(p)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override [log_level]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent import config
+    from agent.daemon import Agent, setup_logging
+    from agent.exc import ConfigError
+
+    path = Path(args.config)
+    try:
+        cfg = config.load(path)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(args.log_level or ("debug" if args.verbose else cfg.log_level))
+    return asyncio.run(Agent(cfg, config_path=path).run())
