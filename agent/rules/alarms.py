@@ -1,0 +1,117 @@
+"""The alarm lifecycle: raised → cleared → acknowledged, latching or auto-clearing.
+
+Evaluators say when a rule's condition starts and ends; this book turns that into alarm
+records (PROTOCOL.md ``alarm`` fields, less the store's ``stream``/``seq``/hashes/``type``)
+and remembers every alarm until it is both cleared and acknowledged:
+
+- **auto-clear** (default): the end of the condition emits ``cleared`` at once; the alarm
+  stays listed (``active``) until someone acknowledges it.
+- **latching**: the end of the condition is noted (``ended_at``) but the alarm stays
+  ``raised`` until acknowledged; a recurrence before that continues the same alarm.
+  Acknowledging it then emits ``acknowledged`` and, on the next engine call, ``cleared``.
+
+An ``alarm_id`` is ``sensor:rule:n`` with ``n`` counted per sensor and rule and kept in
+the snapshot, so ids stay unique across restarts and an alarm is never raised twice.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _clean(figures: dict[str, Any]) -> dict[str, Any]:
+    """JSON-able figures: non-finite floats become None, floats are rounded to µ-units."""
+    out: dict[str, Any] = {}
+    for k, v in figures.items():
+        if isinstance(v, float):
+            v = round(v, 6) if math.isfinite(v) else None
+        out[k] = v
+    return out
+
+
+class AlarmBook:
+    """Alarm instances by id, the open one per (sensor, rule), and records still to emit."""
+
+    def __init__(self) -> None:
+        self.alarms: dict[str, dict[str, Any]] = {}  # not yet (cleared and acknowledged)
+        self.open: dict[str, str] = {}  # "sensor\x00rule" -> alarm_id of the uncleared alarm
+        self.counters: dict[str, int] = {}
+        self.pending: list[dict[str, Any]] = []
+
+    def raised(self, sensor_id: str, rule: str, meta: dict[str, Any], ts: float, started_at: float,
+               figures: dict[str, Any]) -> dict[str, Any] | None:
+        key = f"{sensor_id}\x00{rule}"
+        current = self.open.get(key)
+        if current is not None:  # latched and recurring: the same alarm goes on
+            self.alarms[current]["ended_at"] = None
+            return None
+        n = self.counters.get(key, 0) + 1
+        self.counters[key] = n
+        alarm_id = f"{sensor_id}:{rule}:{n}"
+        inst = {"alarm_id": alarm_id, "rule": rule, "sensor_id": sensor_id, "state": "raised",
+                "severity": meta["severity"], "rule_type": meta["rule_type"], "profile": meta["profile"],
+                "latching": meta["latching"], "started_at": started_at, "raised_at": ts, "ended_at": None,
+                "acknowledged": False, "cleared": False, "figures": _clean(figures)}
+        self.alarms[alarm_id] = inst
+        self.open[key] = alarm_id
+        return self._record(inst, "raised", ts)
+
+    def cleared(self, sensor_id: str, rule: str, ts: float, figures: dict[str, Any]) -> dict[str, Any] | None:
+        key = f"{sensor_id}\x00{rule}"
+        alarm_id = self.open.get(key)
+        if alarm_id is None:
+            return None
+        inst = self.alarms[alarm_id]
+        inst["figures"] = _clean(figures)
+        if inst["latching"] and not inst["acknowledged"]:
+            inst["ended_at"] = ts
+            return None
+        return self._clear(key, inst, ts)
+
+    def _clear(self, key: str, inst: dict[str, Any], ts: float) -> dict[str, Any]:
+        del self.open[key]
+        inst["cleared"] = True
+        inst["ended_at"] = ts if inst["ended_at"] is None else inst["ended_at"]
+        inst["figures"]["duration_s"] = round(inst["ended_at"] - inst["started_at"], 6)
+        if inst["acknowledged"]:
+            del self.alarms[inst["alarm_id"]]
+        return self._record(inst, "cleared", ts)
+
+    def acknowledge(self, alarm_id: str, by: str, reason: str, now: float) -> dict[str, Any]:
+        inst = self.alarms[alarm_id]  # KeyError: unknown, or already cleared and acknowledged
+        inst["acknowledged"] = True
+        inst.update(ack_by=by, ack_reason=reason, ack_at=now)
+        rec = self._record(inst, "acknowledged", now)
+        rec.update(by=by, reason=reason)
+        key = f"{inst['sensor_id']}\x00{inst['rule']}"
+        if inst["cleared"]:
+            del self.alarms[alarm_id]
+        elif inst["latching"] and inst["ended_at"] is not None:
+            self.pending.append(self._clear(key, inst, now))  # the latch is released
+        return rec
+
+    def _record(self, inst: dict[str, Any], state: str, ts: float) -> dict[str, Any]:
+        inst["state"] = state
+        return {"alarm_id": inst["alarm_id"], "rule": inst["rule"], "sensor_id": inst["sensor_id"],
+                "state": state, "severity": inst["severity"], "ts": ts, "started_at": inst["started_at"],
+                "rule_type": inst["rule_type"], "profile": inst["profile"], **inst["figures"]}
+
+    def take_pending(self) -> list[dict[str, Any]]:
+        out, self.pending = self.pending, []
+        return out
+
+    def active(self) -> list[dict[str, Any]]:
+        return [
+            {**{k: v for k, v in inst.items() if k != "figures"}, **inst["figures"]}
+            for inst in sorted(self.alarms.values(), key=lambda i: (i["raised_at"], i["alarm_id"]))
+        ]
+
+    def state(self) -> dict[str, Any]:
+        return {"alarms": self.alarms, "open": self.open, "counters": self.counters, "pending": self.pending}
+
+    def load(self, s: dict[str, Any]) -> None:
+        self.alarms = {k: dict(v, figures=dict(v["figures"])) for k, v in s.get("alarms", {}).items()}
+        self.open = dict(s.get("open", {}))
+        self.counters = {k: int(v) for k, v in s.get("counters", {}).items()}
+        self.pending = [dict(r) for r in s.get("pending", [])]

@@ -1,0 +1,251 @@
+"""The rules engine: every sample judged as it arrives, incrementally, with state to resume.
+
+The daemon feeds it every sample (not only the recorded ones) with :meth:`RuleEngine.observe`
+and calls :meth:`RuleEngine.tick` about once a second so that time-driven rules (data
+missing, a delay running out with no new sample) fire without waiting for data. Time
+comes only from sample timestamps and the ``now`` arguments, never from the system
+clock: the same samples give the same alarms, at the same ``ts``, in replay, in tests and
+after a restart. :meth:`RuleEngine.snapshot` is the complete state (timers, budgets, MKT
+sums, trend fits, alarm lifecycle, id counters); the store saves it atomically with the
+records it produced, and ``RuleEngine(..., state=snapshot)`` resumes exactly there.
+
+Evaluation is O(rules of the sample's quantity) per sample: a dict lookup, then each
+rule's own constant-time update (:mod:`agent.rules.evaluators`, :mod:`agent.rules.trend`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.rules import config as c
+from agent.rules.alarms import AlarmBook
+from agent.rules.evaluators import Above, Below, Budget, Evaluator, Missing, Out, Range, Shock, Tilt
+from agent.rules.mkt import MktAccumulator
+from agent.rules.trend import Mkt, Rate, TimeToBreach
+
+STATE_VERSION = 1
+SEVERITY_RANK = {"warning": 0, "alarm": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One value as the rules see it; ``ts`` is UTC epoch seconds."""
+
+    sensor_id: str
+    quantity: str
+    value: float
+    unit: str
+    ts: float
+
+
+def build_evaluator(name: str, rule: Any) -> Evaluator:
+    """The state machine for one configured rule."""
+    t = rule.type
+    if t == "above":
+        return Above(name, rule, rule.quantity)
+    if t == "below":
+        return Below(name, rule, rule.quantity)
+    if t == "humidity":
+        return Range(name, rule, "humidity")
+    if t == "light":
+        return Above(name, rule, "illuminance")
+    if t == "battery":
+        return Below(name, rule, "battery")
+    if t == "tilt":
+        return Tilt(name, rule)
+    if t == "shock":
+        return Shock(name, rule)
+    if t == "budget":
+        return Budget(name, rule)
+    if t == "mkt":
+        return Mkt(name, rule)
+    if t == "rate":
+        return Rate(name, rule)
+    if t == "time_to_breach":
+        return TimeToBreach(name, rule)
+    if t == "missing":
+        return Missing(name, rule)
+    raise ValueError(f"unknown rule type {t!r}")  # pragma: no cover - the schema forbids it
+
+
+class _Sensor:
+    """One sensor's evaluators, indexed by the quantity they watch."""
+
+    __slots__ = ("id", "profile_name", "profile", "rules", "by_quantity", "any", "timed", "limits", "mkt", "last_ts")
+
+    def __init__(self, sensor_id: str, profile_name: str, profile: c.Profile) -> None:
+        self.id = sensor_id
+        self.profile_name = profile_name
+        self.profile = profile
+        self.rules: dict[str, Evaluator] = {n: build_evaluator(n, r) for n, r in profile.active_rules().items()}
+        self.by_quantity: dict[str, list[Evaluator]] = {}
+        self.any: list[Evaluator] = []
+        for ev in self.rules.values():
+            if ev.any_quantity:
+                self.any.append(ev)
+            for q in ev.quantities:
+                self.by_quantity.setdefault(q, []).append(ev)
+        self.timed = [ev for ev in self.rules.values() if ev.timed]
+        self.limits = [ev for ev in self.rules.values() if ev.limit_kind]
+        self.mkt = MktAccumulator(max_gap_s=profile.mkt_max_gap_s)  # the reported trip MKT
+        self.last_ts = -math.inf
+
+
+class RuleEngine:
+    """Judges samples against each sensor's profile; see the module docstring."""
+
+    def __init__(self, rules: c.RulesConfig, assignments: Mapping[str, str], *,
+                 state: Mapping[str, Any] | None = None) -> None:
+        self.config = rules
+        self._sensors: dict[str, _Sensor] = {}
+        for sensor_id, profile_name in assignments.items():
+            try:
+                profile = rules.profile(profile_name)
+            except KeyError:
+                raise KeyError(f"sensor {sensor_id!r}: unknown rule profile {profile_name!r}") from None
+            self._sensors[sensor_id] = _Sensor(sensor_id, profile_name, profile)
+        self._book = AlarmBook()
+        if state:
+            self._load(state)
+
+    # -- feeding ---------------------------------------------------------------------
+
+    def observe(self, sample: Sample) -> list[dict[str, Any]]:
+        """Judge one sample; returns the alarm changes it caused, oldest first."""
+        s = self._sensors.get(sample.sensor_id)
+        value = sample.value
+        if s is None or not math.isfinite(value):
+            return self._book.take_pending() if self._book.pending else []
+        ts = sample.ts
+        if ts < s.last_ts:
+            ts = s.last_ts  # a late sample counts from the sensor's present, time never runs back
+        else:
+            s.last_ts = ts
+        q = sample.quantity
+        out: Out = []
+        evs = s.by_quantity.get(q)
+        if evs:
+            for ev in evs:
+                ev.observe(q, value, ts, out)
+        for ev in s.any:
+            ev.observe(q, value, ts, out)
+        if q == "temperature":
+            s.mkt.add(ts, value)
+        if out or self._book.pending:
+            return self._records(s, out)
+        return []
+
+    def tick(self, now: float) -> list[dict[str, Any]]:
+        """Let time pass to ``now``: delays run out, budgets spend, silent sensors go missing."""
+        out: Out = []
+        changes: list[dict[str, Any]] = []
+        for s in self._sensors.values():
+            for ev in s.timed:
+                if isinstance(ev, Missing) and ev.last_seen is None:
+                    ev.start(now)  # never heard from: timed from the first tick
+                ev.advance(now, out)
+            if out:
+                changes += self._records(s, out)
+                out = []
+        return self._book.take_pending() + changes
+
+    def _records(self, s: _Sensor, out: Out) -> list[dict[str, Any]]:
+        records = self._book.take_pending()
+        out.sort(key=lambda tr: tr[2])  # transitions of several rules, in time order
+        for ev, kind, ts, started_at, figures in out:
+            if kind == "raise":
+                meta = {"severity": ev.rule.severity, "rule_type": ev.rule.type, "profile": s.profile_name,
+                        "latching": ev.rule.latching}
+                rec = self._book.raised(s.id, ev.name, meta, ts, started_at, figures)
+            else:
+                rec = self._book.cleared(s.id, ev.name, ts, figures)
+            if rec is not None:
+                records.append(rec)
+        return records
+
+    def acknowledge(self, alarm_id: str, by: str, reason: str, now: float) -> dict[str, Any]:
+        """Acknowledge an active alarm; returns the ``acknowledged`` record. KeyError if unknown."""
+        if alarm_id not in self._book.alarms:
+            raise KeyError(alarm_id)
+        return self._book.acknowledge(alarm_id, by, reason, now)
+
+    # -- questions -------------------------------------------------------------------
+
+    def out_of_range(self, sensor_id: str) -> bool:
+        """True while any limit rule of the sensor is in an excursion (record every sample)."""
+        s = self._sensors.get(sensor_id)
+        return s is not None and any(ev.in_excursion for ev in s.limits)
+
+    def active(self) -> list[dict[str, Any]]:
+        """Alarms not yet both cleared and acknowledged, oldest first."""
+        return self._book.active()
+
+    def mkt(self, sensor_id: str) -> float | None:
+        """The sensor's trip MKT so far (Cel), or None."""
+        s = self._sensors.get(sensor_id)
+        return None if s is None else s.mkt.mkt()
+
+    def mkt_info(self, sensor_id: str, end: float | None = None) -> dict[str, Any] | None:
+        """Trip MKT with its span and gaps; ``end`` closes the last reading (replay)."""
+        s = self._sensors.get(sensor_id)
+        if s is None:
+            return None
+        acc = s.mkt
+        if end is not None:
+            acc = MktAccumulator(max_gap_s=acc.max_gap_s)
+            acc.load(s.mkt.state())
+            acc.close(end)
+        m = acc.mkt()
+        return {"mkt": None if m is None else round(m, 4), "span_s": acc.span_s, "gaps": acc.gaps,
+                "gap_s": acc.gap_s}
+
+    def sensors(self) -> dict[str, str]:
+        return {sid: s.profile_name for sid, s in self._sensors.items()}
+
+    def wants_action(self, record: Mapping[str, Any]) -> bool:
+        """Whether ``[rules.action]`` should run for this alarm record."""
+        act = self.config.action
+        if act.command is None or record.get("state") not in act.on:
+            return False
+        if SEVERITY_RANK[record["severity"]] < SEVERITY_RANK[act.min_severity]:
+            return False
+        s = self._sensors.get(record["sensor_id"])
+        ev = s.rules.get(record["rule"]) if s else None
+        return ev is None or bool(ev.rule.action)
+
+    # -- persistence -----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The complete state, JSON-able (finite floats, str, int, bool, None, lists, dicts)."""
+        sensors = {}
+        for sid, s in self._sensors.items():
+            sensors[sid] = {
+                "profile": s.profile_name,
+                "last_ts": None if s.last_ts == -math.inf else s.last_ts,
+                "mkt": s.mkt.state(),
+                "rules": {n: {"type": ev.rule.type, **ev.state()} for n, ev in s.rules.items()},
+            }
+        state = {"version": STATE_VERSION, "sensors": sensors, "book": self._book.state()}
+        # a detached copy, and proof that it is strict JSON (no NaN) before the store sees it
+        return json.loads(json.dumps(state, allow_nan=False))
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"rules state version {state.get('version')!r}, expected {STATE_VERSION}")
+        for sid, saved in state.get("sensors", {}).items():
+            s = self._sensors.get(sid)
+            if s is None:
+                continue  # sensor no longer assigned
+            if saved.get("last_ts") is not None:
+                s.last_ts = float(saved["last_ts"])
+            s.mkt.load(saved["mkt"])
+            for name, rs in saved.get("rules", {}).items():
+                ev = s.rules.get(name)
+                # a rule keeps its state while its type is unchanged (new limits apply from now)
+                if ev is not None and rs.get("type") == ev.rule.type:
+                    ev.load(rs)
+        self._book.load(state.get("book", {}))
