@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 DECODE_MODULES: list[str] = [
+    "agent.cli.ble_cmd",
 ]
 
 
