@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli.sync_cmd",
     "agent.cli.decode_cmd",
     "agent.cli.ble_cmd",
+    "agent.cli.rules_cmd",
 ]
 
 

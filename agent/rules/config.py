@@ -251,31 +251,28 @@ def _raw(value: Any) -> Any:
 
 
 def resolve_profiles(raw_profiles: dict[str, Any], presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Resolve every ``extends`` chain into a flat raw profile. Raises ValueError on a bad chain."""
+    """Resolve every ``extends`` chain into a flat raw profile.
+
+    A chain that cannot be resolved (unknown parent, cycle) is left as written, for
+    :meth:`RulesConfig._check_extends` to report alongside every other problem.
+    """
     done: dict[str, Any] = {}
 
-    def resolve(name: str, trail: tuple[str, ...]) -> dict[str, Any]:
+    def resolve(name: str, trail: tuple[str, ...]) -> Any:
         if name in done:
             return done[name]
         raw = _raw(raw_profiles[name])
-        if not isinstance(raw, dict):
-            return raw
-        parent = raw.get("extends")
-        if parent is None:
-            result = raw
-        elif not isinstance(parent, str):
-            return raw  # pydantic reports the type error
+        parent = raw.get("extends") if isinstance(raw, dict) else None
+        result = raw
+        if not isinstance(parent, str):
+            pass  # no parent, or a type error pydantic reports
         elif parent == name and parent in presets:
             result = _merge(presets[parent], raw)  # a config profile changing the preset of its name
-        elif parent in trail:
-            raise ValueError(f"profile {name!r}: extends cycle {' -> '.join((*trail, parent))}")
-        elif parent in raw_profiles:
-            result = _merge(resolve(parent, (*trail, parent)), raw)
-        elif parent in presets:
+        elif parent in raw_profiles and parent not in trail:
+            base = resolve(parent, (*trail, parent))
+            result = _merge(base, raw) if isinstance(base, dict) else raw
+        elif parent in presets and parent not in trail:
             result = _merge(presets[parent], raw)
-        else:
-            known = ", ".join(sorted(set(presets) | set(raw_profiles)))
-            raise ValueError(f"profile {name!r}: extends unknown profile {parent!r} (known: {known})")
         done[name] = result
         return result
 
@@ -296,6 +293,29 @@ class RulesConfig(_Model):
         from agent.rules.presets import PRESETS_RAW
 
         return {**data, "profiles": resolve_profiles(data["profiles"], PRESETS_RAW)}
+
+    @model_validator(mode="after")
+    def _check_extends(self) -> RulesConfig:
+        problems = []
+        for name, prof in self.profiles.items():
+            seen, parent = [name], prof.extends
+            while parent is not None:
+                if parent == seen[-1] and parent in PRESET_NAMES:
+                    break  # a profile changing the preset of its own name
+                if parent in seen:
+                    problems.append(f"profile {name!r}: extends cycle {' -> '.join((*seen, parent))}")
+                    break
+                if parent in self.profiles:
+                    seen.append(parent)
+                    parent = self.profiles[parent].extends
+                    continue
+                if parent not in PRESET_NAMES:
+                    known = ", ".join(self.profile_names())
+                    problems.append(f"profile {name!r}: extends unknown profile {parent!r} (known: {known})")
+                break
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def profile_names(self) -> list[str]:
         return sorted(set(PRESET_NAMES) | set(self.profiles))

@@ -404,15 +404,13 @@ class Missing(Evaluator):
         seen = self.last_seen
         if seen is not None and not self.raised and now - seen >= self.timeout:
             self.raised = True
-            out.append((self, "raise", seen + self.timeout, seen, {"timeout_s": self.timeout, "last_seen": seen,
-                                                                   "duration_s": self.timeout}))
+            out.append((self, "raise", seen + self.timeout, seen, {"timeout_s": self.timeout, "duration_s": self.timeout}))
 
     def observe(self, quantity: str, value: float, ts: float, out: Out) -> None:
         self.advance(ts, out)
         if self.raised:
             self.raised = False
             seen = self.last_seen or ts
-            out.append((self, "clear", ts, seen, {"timeout_s": self.timeout, "last_seen": seen,
-                                                  "duration_s": ts - seen}))
+            out.append((self, "clear", ts, seen, {"timeout_s": self.timeout, "duration_s": ts - seen}))
         if self.last_seen is None or ts > self.last_seen:
             self.last_seen = ts
