@@ -211,8 +211,7 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
     raw_drivers = data.get("drivers")
     if isinstance(raw_drivers, list):
         problems += _check_drivers(raw_drivers)
-    if config is not None:
-        problems += _cross_check(config)
+    problems += _cross_check(data)
     if problems:
         raise ConfigError(source, problems)
     assert config is not None
@@ -246,27 +245,36 @@ def _check_drivers(raw: list[Any]) -> list[ConfigProblem]:
     return problems
 
 
-def _cross_check(config: Config) -> list[ConfigProblem]:
+def _cross_check(data: dict[str, Any]) -> list[ConfigProblem]:
+    """Checks across sections, on the raw data: they run even where other parts are invalid."""
     problems: list[ConfigProblem] = []
+    try:
+        rules = RulesConfig.model_validate(data.get("rules", {}))
+    except ValidationError:
+        rules = RulesConfig()  # its own problems are reported already; check against the presets
     seen: set[str] = set()
-    for i, s in enumerate(config.sensors):
-        if s.id in seen:
-            problems.append(ConfigProblem(f"sensors[{i}].id", f"duplicate sensor id {s.id!r}"))
-        seen.add(s.id)
-        if s.profile is not None and not config.rules.has_profile(s.profile):
-            close = difflib.get_close_matches(s.profile, config.rules.profile_names(), n=1)
-            problems.append(
-                ConfigProblem(
-                    f"sensors[{i}].profile",
-                    f"unknown rule profile {s.profile!r}",
-                    f"did you mean {close[0]!r}?" if close else "see `coldgate rules profiles`",
-                )
-            )
-    up = config.uplink
-    if up.token is not None and up.token_file is not None:
-        problems.append(ConfigProblem("uplink.token", "give token or token_file, not both"))
-    if (up.client_cert is None) != (up.client_key is None):
-        problems.append(ConfigProblem("uplink.client_cert", "client_cert and client_key go together"))
+    sensors = data.get("sensors")
+    for i, s in enumerate(sensors if isinstance(sensors, list) else []):
+        if not isinstance(s, dict):
+            continue
+        sid, profile = s.get("id"), s.get("profile")
+        if isinstance(sid, str):
+            if sid in seen:
+                problems.append(ConfigProblem(f"sensors[{i}].id", f"duplicate sensor id {sid!r}"))
+            seen.add(sid)
+        if isinstance(profile, str) and not rules.has_profile(profile):
+            names = rules.profile_names()
+            close = difflib.get_close_matches(profile, names, n=1) or [
+                n for n in names if n.lower() == profile.lower()]
+            problems.append(ConfigProblem(
+                f"sensors[{i}].profile", f"unknown rule profile {profile!r}",
+                f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names)}"))
+    up = data.get("uplink")
+    if isinstance(up, dict):
+        if up.get("token") is not None and up.get("token_file") is not None:
+            problems.append(ConfigProblem("uplink.token", "give token or token_file, not both"))
+        if (up.get("client_cert") is None) != (up.get("client_key") is None):
+            problems.append(ConfigProblem("uplink.client_cert", "client_cert and client_key go together"))
     return problems
 
 

@@ -1,0 +1,229 @@
+"""The store: gap-free seq, a verifiable chain, nothing unsent deleted, quota, self-healing."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.canonical import ZERO_HASH, verify
+from agent.exc import StoreError
+from agent.store import MIGRATIONS, Store
+from agent.timebase import Clock
+
+
+def reading(i: int, sensor: str = "probe-1", ts: float | None = None) -> dict:
+    return {"type": "reading", "ts": ts if ts is not None else 1_790_000_000.0 + i, "time_quality": "synced",
+            "sensor_id": sensor, "quantity": "temperature", "value": 4.0 + (i % 10) / 10, "unit": "Cel"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store.open(tmp_path / "store.db", gateway_id="gw-test", clock=Clock("assume_synced"))
+    yield s
+    s.close()
+
+
+def assert_chain(records: list[dict]) -> None:
+    prev = ZERO_HASH
+    for expected_seq, rec in enumerate(records, start=records[0]["seq"]):
+        assert rec["seq"] == expected_seq
+        assert rec["prev_hash"] == prev
+        assert verify(rec), rec
+        prev = rec["hash"]
+
+
+def test_new_store_starts_a_stream_with_a_stream_started_event(store: Store) -> None:
+    first = store.records()[0]
+    assert first["seq"] == 1 and first["prev_hash"] == ZERO_HASH
+    assert first["event"] == "stream_started" and first["details"]["reason"] == "new"
+    assert first["stream"] == store.stream_id and first["time_quality"] == "synced"
+
+
+def test_appended_records_get_gap_free_seqs_and_a_valid_hash_chain(store: Store) -> None:
+    seqs = store.append([reading(i) for i in range(100)])
+    seqs += store.append([reading(i) for i in range(100, 150)])
+    assert seqs == list(range(2, 152))
+    assert_chain(store.records())
+
+
+def test_records_carry_ts_in_rfc3339_with_milliseconds(store: Store) -> None:
+    ts = datetime(2026, 11, 23, 8, 15, 2, 125400, tzinfo=UTC).timestamp()
+    store.append([reading(0, ts=ts)])
+    assert store.records(type="reading")[0]["ts"] == "2026-11-23T08:15:02.125Z"
+
+
+def test_local_only_fields_are_kept_out_of_the_record(store: Store) -> None:
+    store.append([{**reading(0), "mono_ns": 123, "boot_id": "b"}])
+    rec = store.records(type="reading")[0]
+    assert "mono_ns" not in rec and "boot_id" not in rec
+
+
+def test_seq_continues_after_reopen_and_is_never_reused_after_pruning(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store.open(path, gateway_id="gw", keep_acked=0) as s:
+        s.append([reading(i) for i in range(10)])
+        s.ack(range(1, 12))
+        assert s.prune() == 11
+        assert s.records() == []
+    with Store.open(path, gateway_id="gw", keep_acked=0) as s:
+        assert s.append([reading(99)]) == [12]
+        assert s.records()[0]["prev_hash"] != ZERO_HASH  # chained to the pruned record 11
+
+
+def test_prune_deletes_only_acknowledged_records_keeping_the_newest_keep_acked(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.db", gateway_id="gw", keep_acked=3) as s:
+        s.append([reading(i) for i in range(20)])  # seqs 2..21
+        s.ack([5, 6, 7, 8, 9, 10])
+        s.prune()
+        left = [r["seq"] for r in s.records()]
+        assert left == [1, 2, 3, 4, 8, 9, 10, *range(11, 22)]
+
+
+def test_pending_puts_alarms_and_events_ahead_of_the_reading_backlog(store: Store) -> None:
+    store.append([reading(i) for i in range(50)])  # 2..51
+    store.append([{"type": "alarm", "ts": 1_790_000_100.0, "time_quality": "synced", "alarm_id": "a1",
+                   "rule": "high", "sensor_id": "probe-1", "state": "raised", "severity": "alarm",
+                   "started_at": 1_790_000_050.0}])  # 52
+    batch = store.pending(5)
+    assert [seq for seq, _, _ in batch] == [1, 2, 3, 4, 52]
+    store.ack(seq for seq, _, _ in batch)
+    assert [seq for seq, _, _ in store.pending(3)] == [5, 6, 7]
+
+
+def test_alarm_started_at_epoch_is_formatted_like_ts(store: Store) -> None:
+    started = datetime(2026, 11, 23, 6, 0, 50, tzinfo=UTC).timestamp()
+    store.append([{"type": "alarm", "ts": started + 50, "time_quality": "synced", "alarm_id": "a1",
+                   "rule": "high", "sensor_id": "p", "state": "raised", "severity": "alarm",
+                   "started_at": started}])
+    rec = store.records(type="alarm")[0]
+    assert (rec["started_at"], rec["ts"]) == ("2026-11-23T06:00:50.000Z", "2026-11-23T06:01:40.000Z")
+
+
+def test_set_aside_records_leave_the_queue_but_are_kept(store: Store) -> None:
+    store.append([reading(i) for i in range(5)])
+    store.set_aside([2, 3], "HTTP 400")
+    assert [s for s, _, _ in store.pending(10)] == [1, 4, 5, 6]
+    kept = store.records(with_state=True)
+    assert [r["_state"] for r in kept if r["seq"] in (2, 3)] == ["set_aside", "set_aside"]
+    assert store.stats()["set_aside"] == 2
+
+
+def test_state_is_saved_in_the_same_transaction_as_the_records(store: Store) -> None:
+    store.append([reading(0)], state={"rules": {"budget_s": 42}})
+    assert store.load_state("rules") == {"budget_s": 42}
+
+
+def test_two_writers_on_one_store_keep_one_gap_free_chain(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    a = Store.open(path, gateway_id="gw")
+    b = Store.open(path, gateway_id="gw")
+    try:
+        for i in range(20):
+            (a if i % 2 else b).append([reading(i), reading(i + 100)])
+        assert_chain(a.records())
+        assert a.head()[0] == 41
+    finally:
+        a.close()
+        b.close()
+
+
+def test_quota_full_of_unsent_data_refuses_readings_but_keeps_alarms_and_says_what_was_lost(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "s.db", gateway_id="gw", quota_bytes=400_000, reserve_pct=20)
+    try:
+        stored = 0
+        for k in range(200):
+            stored += len([x for x in s.append([reading(k * 50 + i) for i in range(50)])])
+            if s.stats()["refusing_readings"]:
+                break
+        assert s.stats()["refusing_readings"], "the quota was never reached"
+        before = s.head()[0]
+        s.append([reading(1), reading(2), {"type": "alarm", "ts": 1.0, "time_quality": "synced", "alarm_id": "x",
+                                            "rule": "r", "sensor_id": "probe-1", "state": "raised",
+                                            "severity": "alarm", "started_at": 1.0}])
+        recs = s.records(since_seq=before - 5)
+        assert any(r["type"] == "alarm" for r in recs)
+        losses = [r for r in s.records(type="event") if r["event"] == "data_loss"]
+        assert losses and losses[0]["details"]["reason"] == "store_full"
+        assert losses[0]["details"]["sensors"] == {"probe-1": losses[0]["details"]["count"]}
+        # nothing committed was deleted: every seq is still there
+        assert [r["seq"] for r in s.records()] == list(range(1, s.head()[0] + 1))
+    finally:
+        s.close()
+
+
+def test_quota_frees_acknowledged_records_before_refusing_anything(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "s.db", gateway_id="gw", quota_bytes=600_000, reserve_pct=5, keep_acked=10**9)
+    try:
+        for k in range(60):
+            seqs = s.append([reading(k * 50 + i) for i in range(50)])
+            s.ack(seqs)
+        assert not s.stats()["refusing_readings"]
+        assert not [r for r in s.records(type="event") if r["event"] == "data_loss"]
+        assert s.stats()["acked_kept"] < 3000  # some acknowledged records made room
+    finally:
+        s.close()
+
+
+def test_corrupt_database_is_set_aside_and_a_new_stream_names_the_old_one(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store.open(path, gateway_id="gw") as s:
+        s.append([reading(i) for i in range(10)])
+        old_stream = s.stream_id
+    path.write_bytes(b"this is not a database" * 100)
+    with Store.open(path, gateway_id="gw") as s:
+        first = s.records()[0]
+        assert s.stream_id != old_stream
+        d = first["details"]
+        assert first["event"] == "stream_started" and d["reason"] == "corrupt"
+        assert d["previous_stream"] == old_stream and d["previous_last_seq"] == 11
+        assert Path(d["set_aside"]).read_bytes().startswith(b"this is not a database")
+
+
+def test_deleted_database_starts_a_stream_that_says_the_store_went_missing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store.open(path, gateway_id="gw") as s:
+        old = s.stream_id
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    with Store.open(path, gateway_id="gw") as s:
+        d = s.records()[0]["details"]
+        assert d["reason"] == "store_missing" and d["previous_stream"] == old
+
+
+def test_schema_version_is_recorded_and_a_newer_schema_is_refused_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    Store.open(path, gateway_id="gw").close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with Store.open(path, gateway_id="gw") as s:  # set aside, never migrated down or wiped
+        assert s.records()[0]["details"]["reason"] == "corrupt"
+    assert list(tmp_path.glob("s.db.corrupt-*"))
+
+
+def test_open_without_create_refuses_a_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store"):
+        Store.open(tmp_path / "nope.db", gateway_id="gw", create=False)
+
+
+def test_durable_settings_are_wal_and_synchronous_full(store: Store) -> None:
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_unsynced_segments_split_where_the_unsynced_clock_stepped(store: Store) -> None:
+    base = time.time()
+    items = []
+    for i in range(6):
+        step = 0 if i < 3 else 3600  # the clock jumped an hour between the 3rd and 4th reading
+        items.append({**reading(i, ts=base + i + step), "time_quality": "unsynced", "mono_ns": i * 10**9,
+                      "boot_id": "boot-1"})
+    store.append(items)
+    segs = store.unsynced_segments("boot-1")
+    assert [(a, b, n) for a, b, n, _ in segs] == [(2, 4, 3), (5, 7, 3)]
+    assert segs[1][3] - segs[0][3] == pytest.approx(3600, abs=0.01)
