@@ -73,7 +73,7 @@ def render(data: dict[str, Any]) -> str:
             f" ({st.get('pending_alarms_events', 0)} alarms/events)"
             + (f", oldest unsent {_age(age)} old" if age is not None else "")
             + (f", {st['set_aside']} set aside" if st.get("set_aside") else "")
-            + f", {st['disk_bytes'] / 1e6:.1f}/{st['quota_bytes'] / 1e6:.0f} MB"
+            + f", {st['disk_bytes'] / 2**20:.1f}/{st['quota_bytes'] / 2**20:.0f} MiB"
             + (" — QUOTA FULL, refusing readings" if st.get("refusing_readings") else ""))
     sync = data.get("sync", {})
     line = f"uplink: {data.get('uplink') or 'none'}: {sync.get('result')}"

@@ -129,8 +129,10 @@ class Uplink:
             raise SyncTransient(f"TLS failure talking to {self.config.masked_url()}: {exc}") from exc
         except requests.exceptions.Timeout as exc:
             raise SyncTransient(f"timeout after {self.config.read_timeout_s:g} s") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise SyncTransient(f"cannot reach {self.config.masked_url()}: {_root_cause(exc)}") from exc
         except requests.exceptions.RequestException as exc:
-            raise SyncTransient(f"network error: {type(exc).__name__}: {exc}") from exc
+            raise SyncTransient(f"network error: {type(exc).__name__}: {_root_cause(exc)}") from exc
         status = resp.status_code
         text = resp.text[:300]
         resp.close()
@@ -147,6 +149,26 @@ class Uplink:
             raise SyncError(f"batch {first}-{last} too large: HTTP 413", status=413)
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         raise SyncTransient(f"HTTP {status}: {text}", status=status, retry_after=retry_after)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause, said plainly ("[Errno 111] Connection refused")."""
+    seen = exc
+    while True:
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None or nxt is seen:
+            break
+        seen = nxt
+    if isinstance(seen, OSError) and seen.strerror:
+        return seen.strerror if seen.errno is None else f"{seen.strerror} (errno {seen.errno})"
+    text = str(seen)
+    if "Connection refused" in str(exc):
+        return "connection refused"
+    if "Name or service not known" in str(exc) or "Failed to resolve" in str(exc):
+        return "host name not found"
+    if "RemoteDisconnected" in str(exc) or "Connection aborted" in str(exc):
+        return "connection closed by the server without a response"
+    return text[:200]
 
 
 class Syncer:
