@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 DECODE_MODULES: list[str] = [
+    "agent.cli.serial_cmd",
     "agent.cli.ble_cmd",
 ]
 
