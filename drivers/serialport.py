@@ -1,0 +1,235 @@
+"""Serial ports for the drivers: open by URL, translate errors once, read bounded lines.
+
+Every serial driver opens its device through :func:`open_port`, which calls
+``serial.serial_for_url``: a device path, a ``/dev/serial/by-id/...`` link, a pty, and
+pyserial's ``loop://`` and ``socket://host:port`` URLs all work the same way.
+
+pyserial's and the OS's errors enter coldgate here and nowhere else::
+
+    open:  missing device, permission denied, busy, refused, bad URL  -> DriverUnavailable
+    read:  unplugged (EIO, "readiness to read but returned no data")  -> DriverIOError
+
+:class:`LineReader` turns a byte stream into lines without ever holding more than
+``max_line`` bytes of an unfinished line: an over-long line is counted and dropped up to
+its newline, so noise from a wrong baud rate cannot grow memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import serial
+from pydantic import Field
+
+from drivers.base import Options
+from drivers.exc import DriverIOError, DriverUnavailable
+
+#: Largest chunk read from the port at once (bounds memory together with ``max_line``).
+READ_CHUNK = 4096
+
+
+class SerialOptions(Options):
+    """The options every serial driver shares (keys of its ``[[drivers]]`` table)."""
+
+    port: str = Field(
+        min_length=1,
+        description="device path, /dev/serial/by-id/... link, or pyserial URL (socket://host:port, loop://)",
+    )
+    baudrate: int = Field(default=9600, gt=0, le=4_000_000)
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: Literal[1, 1.5, 2] = 1
+
+
+def open_port(opts: SerialOptions, *, timeout: float | None = 1.0, driver: str | None = None) -> serial.SerialBase:
+    """Open ``opts.port``; raise :class:`DriverUnavailable` with the reason when it cannot be had."""
+    try:
+        return serial.serial_for_url(
+            opts.port,
+            baudrate=opts.baudrate,
+            bytesize=opts.bytesize,
+            parity=opts.parity,
+            stopbits=opts.stopbits,
+            timeout=timeout,
+            exclusive=True,
+        )
+    except serial.SerialException as exc:
+        raise DriverUnavailable(_open_reason(opts.port, exc), driver=driver) from exc
+    except (OSError, ValueError) as exc:  # termios errors, bad URL or settings
+        raise DriverUnavailable(f"cannot open {opts.port}: {exc}", driver=driver) from exc
+
+
+def _open_reason(port: str, exc: serial.SerialException) -> str:
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOENT or (code is None and port.startswith("/") and not os.path.exists(port)):
+        return f"{port}: no such device (unplugged, or not yet enumerated)"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"{port}: permission denied (is the service user in the 'dialout' group?)"
+    if code in (errno.EBUSY, errno.EWOULDBLOCK):
+        return f"{port}: busy (another process holds the port)"
+    return f"cannot open {port}: {exc}"
+
+
+def io_error(exc: BaseException, port: str, driver: str | None = None) -> DriverIOError:
+    """The :class:`DriverIOError` for a failure of an open port."""
+    return DriverIOError(f"{port}: {exc}", driver=driver)
+
+
+@dataclass
+class LineReader:
+    """Bounded line splitter over an open port.
+
+    ``counters`` receives ``bytes``, ``overlong`` (lines longer than ``max_line``, dropped
+    whole) and is shared with the driver's status. Lines are returned without their
+    terminator; ``\\r\\n``, ``\\n`` and a lone ``\\r`` between lines all end a line.
+    """
+
+    port: Any  # serial.SerialBase, or anything with read(n), in_waiting
+    max_line: int = 1024
+    counters: Counter[str] = field(default_factory=Counter)
+    name: str = ""
+    _buf: bytearray = field(default_factory=bytearray)
+    _discarding: bool = False
+
+    def read_lines(self, timeout: float) -> list[bytes]:
+        """Wait up to ``timeout`` s for bytes; return the complete lines they finish."""
+        self.port.timeout = timeout
+        try:
+            data = self.port.read(1)
+            if data:
+                waiting = self.port.in_waiting
+                if waiting:
+                    data += self.port.read(min(waiting, READ_CHUNK))
+        except (serial.SerialException, OSError) as exc:
+            raise io_error(exc, self.name or str(getattr(self.port, "port", "?"))) from exc
+        if not data:
+            return []
+        self.counters["bytes"] += len(data)
+        return list(self.feed(data))
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Split ``data`` (appended to what is pending) into lines. Pure; used by tests."""
+        if b"\r" in data:  # CRLF, LF and a lone CR (some loggers) all end a line
+            data = data.replace(b"\r", b"\n")
+        buf = self._buf
+        start = 0
+        n = len(data)
+        while start < n:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                chunk = data[start:]
+                if not self._discarding:
+                    if len(buf) + len(chunk) > self.max_line:
+                        self.counters["overlong"] += 1
+                        buf.clear()
+                        self._discarding = True
+                    else:
+                        buf += chunk
+                break
+            chunk = data[start:nl]
+            start = nl + 1
+            if self._discarding:
+                self._discarding = False  # this newline ends the over-long line
+                continue
+            if len(buf) + len(chunk) > self.max_line:
+                self.counters["overlong"] += 1
+                buf.clear()
+                continue
+            if buf:
+                buf += chunk
+                line = bytes(buf)
+                buf.clear()
+            else:
+                line = chunk
+            if line:
+                yield line
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of an unfinished line (never more than ``max_line``)."""
+        return len(self._buf)
+
+
+# -- discovery (``coldgate ports``) -----------------------------------------------------
+
+#: USB VID:PID -> what is usually behind it, for ``coldgate ports``' best guess.
+KNOWN_USB: dict[tuple[int, int], str] = {
+    (0x1546, 0x01A7): "u-blox 7 GNSS receiver",
+    (0x1546, 0x01A8): "u-blox 8 GNSS receiver",
+    (0x1546, 0x01A9): "u-blox GNSS receiver",
+    (0x067B, 0x2303): "Prolific PL2303 USB-serial (e.g. GlobalSat BU-353 GPS)",
+    (0x0403, 0x6001): "FTDI FT232 USB-serial (RS-232/RS-485 adapters)",
+    (0x0403, 0x6015): "FTDI FT231X USB-serial (RS-485 adapters)",
+    (0x1A86, 0x7523): "WCH CH340 USB-serial (cheap RS-485 dongles)",
+    (0x1A86, 0x55D4): "WCH CH9102 USB-serial",
+    (0x10C4, 0xEA60): "Silicon Labs CP210x USB-serial",
+    (0x2C7C, 0x0125): "Quectel EC25 modem (NMEA on its GPS port)",
+    (0x0E8D, 0x3329): "MediaTek GPS receiver",
+}
+
+
+@dataclass
+class PortInfo:
+    device: str
+    by_id: list[str]
+    description: str | None
+    hwid: str | None
+    vid: int | None
+    pid: int | None
+    serial_number: str | None
+    manufacturer: str | None
+    product: str | None
+    guess: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["vid"] = f"{self.vid:04x}" if self.vid is not None else None
+        d["pid"] = f"{self.pid:04x}" if self.pid is not None else None
+        return d
+
+
+def by_id_links(directory: str = "/dev/serial/by-id") -> dict[str, list[str]]:
+    """Map resolved device path -> the stable ``by-id`` links udev made for it."""
+    out: dict[str, list[str]] = {}
+    d = Path(directory)
+    if not d.is_dir():
+        return out
+    for link in sorted(d.iterdir()):
+        try:
+            target = str(link.resolve(strict=True))
+        except OSError:
+            continue
+        out.setdefault(target, []).append(str(link))
+    return out
+
+
+def list_ports(by_id_dir: str = "/dev/serial/by-id") -> list[PortInfo]:
+    """Serial ports the OS knows, with by-id names and a guess at what is attached."""
+    from serial.tools import list_ports as lp
+
+    links = by_id_links(by_id_dir)
+    out = []
+    for p in sorted(lp.comports(), key=lambda p: p.device):
+        real = os.path.realpath(p.device)
+        guess = KNOWN_USB.get((p.vid, p.pid)) if p.vid is not None and p.pid is not None else None
+        out.append(
+            PortInfo(
+                device=p.device,
+                by_id=links.get(real, []),
+                description=None if p.description in (None, "n/a") else p.description,
+                hwid=None if p.hwid in (None, "n/a") else p.hwid,
+                vid=p.vid,
+                pid=p.pid,
+                serial_number=p.serial_number,
+                manufacturer=p.manufacturer,
+                product=p.product,
+                guess=guess,
+            )
+        )
+    return out
