@@ -52,9 +52,13 @@ def build_evaluator(name: str, rule: Any) -> Evaluator:
     if t == "humidity":
         return Range(name, rule, "humidity")
     if t == "light":
-        return Above(name, rule, "illuminance")
+        ev: Evaluator = Above(name, rule, "illuminance")
+        ev.limit_kind = False  # an opened box or a weak battery is no reason to record every sample
+        return ev
     if t == "battery":
-        return Below(name, rule, "battery")
+        ev = Below(name, rule, "battery")
+        ev.limit_kind = False
+        return ev
     if t == "tilt":
         return Tilt(name, rule)
     if t == "shock":

@@ -1,0 +1,116 @@
+"""A restart in the middle of an excursion changes nothing: same alarms, same times, no repeats."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from agent.rules.config import RulesConfig
+from agent.rules.engine import RuleEngine, Sample
+from tests.rules.helpers import T0
+
+RULES = RulesConfig(profiles={"trip": {"extends": "2-8C", "rules": {
+    "time_out_of_range": {"window_s": 7200.0, "budget_s": 1800.0},
+    "freeze": {"type": "below", "limit": 0.0, "latching": True},
+    "ramp": {"type": "rate", "limit_per_min": 0.3, "severity": "warning"},
+}}})
+ASSIGN = {"p1": "trip", "p2": "2-8C"}
+
+
+def trip() -> list[tuple[str, Sample]]:
+    """Two probes, samples every 60 s, ticks in between; p1 has a 40 min excursion to 9.5 °C."""
+    rng = random.Random(11)
+    events: list[tuple[str, Sample]] = []
+    for k in range(240):
+        t = T0 + 60.0 * k
+        v1 = 9.5 if 60 <= k < 100 else 5.0
+        if 150 <= k < 160:
+            v1 = 10.0  # a second, short excursion: the budget keeps counting across both
+        events.append(("obs", Sample("p1", "temperature", round(v1 + rng.gauss(0, 0.05), 3), "Cel", t)))
+        if k < 200:  # p2 goes silent after 200 min
+            events.append(("obs", Sample("p2", "temperature", round(5.0 + rng.gauss(0, 0.05), 3), "Cel", t)))
+            events.append(("obs", Sample("p2", "humidity", 40.0, "%RH", t)))
+        events.append(("tick", Sample("", "", 0.0, "", t + 30.0)))
+    return events
+
+
+def run(events, engine: RuleEngine) -> list[dict]:
+    out: list[dict] = []
+    for kind, s in events:
+        out += engine.observe(s) if kind == "obs" else engine.tick(s.ts)
+    return out
+
+
+def test_restart_mid_excursion_gives_the_same_alarms_at_the_same_times():
+    events = trip()
+    straight = run(events, RuleEngine(RULES, ASSIGN))
+    assert {(c["sensor_id"], c["rule"]) for c in straight if c["state"] == "raised"} >= {
+        ("p1", "high"), ("p1", "pre_high"), ("p1", "time_out_of_range"), ("p2", "missing")}
+
+    # 4 events a minute: cut 10 min into the first excursion (before "high", 15 min delay),
+    # 20 min into it (after), in the second excursion, and while p2 is silent
+    for cut in (4 * 70, 4 * 80 + 1, 4 * 155 + 2, 4 * 200 + 3 * 10):
+        first = RuleEngine(RULES, ASSIGN)
+        before = run(events[:cut], first)
+        snapshot = json.loads(json.dumps(first.snapshot()))  # what the store keeps
+        resumed = RuleEngine(RULES, ASSIGN, state=snapshot)
+        after = run(events[cut:], resumed)
+        assert before + after == straight, f"cut at event {cut}"
+
+
+def test_budget_keeps_its_count_across_a_restart():
+    rules = RulesConfig(profiles={"b": {"rules": {"tor": {"type": "budget", "above": 8.0, "budget_s": 900.0}}}})
+    e = RuleEngine(rules, {"s": "b"})
+    for k in range(10):  # 10 min out of range
+        e.observe(Sample("s", "temperature", 9.0, "Cel", T0 + 60 * k))
+    e.observe(Sample("s", "temperature", 5.0, "Cel", T0 + 600))
+    resumed = RuleEngine(rules, {"s": "b"}, state=e.snapshot())
+    out = []
+    for k in range(20, 30):  # another 10 min: the budget of 15 runs out 5 min in
+        out += resumed.observe(Sample("s", "temperature", 9.0, "Cel", T0 + 60 * k))
+    assert [(c["state"], c["ts"] - T0, c["spent_s"]) for c in out] == [("raised", 1500.0, 900.0)]
+
+
+def test_an_alarm_raised_before_the_restart_is_not_raised_again():
+    rules = RulesConfig(profiles={"h": {"rules": {"high": {"type": "above", "limit": 8.0}}}})
+    e = RuleEngine(rules, {"s": "h"})
+    first = e.observe(Sample("s", "temperature", 9.0, "Cel", T0))
+    resumed = RuleEngine(rules, {"s": "h"}, state=e.snapshot())
+    assert resumed.observe(Sample("s", "temperature", 9.5, "Cel", T0 + 60)) == []
+    assert resumed.tick(T0 + 120) == []
+    cleared = resumed.observe(Sample("s", "temperature", 5.0, "Cel", T0 + 180))
+    assert [c["alarm_id"] for c in first + cleared] == ["s:high:1", "s:high:1"]
+    again = resumed.observe(Sample("s", "temperature", 9.0, "Cel", T0 + 240))
+    assert again[0]["alarm_id"] == "s:high:2"  # ids count on across the restart
+
+
+def test_snapshot_survives_the_store_and_an_acknowledgement_after_restart(tmp_path):
+    from agent.store import Store
+
+    rules = RulesConfig(profiles={"h": {"rules": {"high": {"type": "above", "limit": 8.0, "latching": True}}}})
+    e = RuleEngine(rules, {"s": "h"})
+    changes = e.observe(Sample("s", "temperature", 9.0, "Cel", T0)) + \
+        e.observe(Sample("s", "temperature", 5.0, "Cel", T0 + 60))
+    path = tmp_path / "store.db"
+    with Store.open(path, gateway_id="gw-test") as store:
+        store.append([{"type": "alarm", "time_quality": "synced", **c} for c in changes],
+                     state={"rules": e.snapshot()})
+    with Store.open(path, gateway_id="gw-test") as store:
+        resumed = RuleEngine(rules, {"s": "h"}, state=store.load_state("rules"))
+        assert [a["alarm_id"] for a in resumed.active()] == ["s:high:1"]
+        ack = resumed.acknowledge("s:high:1", "qa", "checked", T0 + 100)
+        assert ack["state"] == "acknowledged"
+        assert [c["state"] for c in resumed.tick(T0 + 101)] == ["cleared"]
+        stored = store.records(type="alarm")
+    assert [r["state"] for r in stored] == ["raised"]
+    assert stored[0]["started_at"].endswith("Z")
+
+
+def test_a_changed_profile_keeps_the_state_of_rules_whose_type_is_unchanged():
+    old = RulesConfig(profiles={"h": {"rules": {"high": {"type": "above", "limit": 8.0, "delay_s": 600.0}}}})
+    new = RulesConfig(profiles={"h": {"rules": {"high": {"type": "above", "limit": 8.0, "delay_s": 300.0}}}})
+    e = RuleEngine(old, {"s": "h"})
+    e.observe(Sample("s", "temperature", 9.0, "Cel", T0))
+    resumed = RuleEngine(new, {"s": "h"}, state=e.snapshot())
+    out = resumed.tick(T0 + 300)
+    assert [(c["state"], c["ts"] - T0, c["started_at"] - T0) for c in out] == [("raised", 300.0, 0.0)]
