@@ -146,6 +146,7 @@ class Agent:
         self.syncer: Syncer | None = None
         self.started_at = time.time()
         self._actions: set[asyncio.Task[None]] = set()
+        self._corrected_upto = 0  # unsynced records up to this seq have had their clock_step
         self.ingest = Ingest(config, self.clock)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -462,6 +463,7 @@ class Agent:
     async def _correct_unsynced(self, rel_now: float) -> None:
         """The clock just became synchronised: say how to correct this boot's records."""
         boot = self.ingest.boot_id
+        self.ingest.synced = True  # from here on, stamps are right
         for item in self.ingest.items + self._pending_retry:
             if item.get("time_quality") == "unsynced" and item.get("mono_ns") is not None:
                 item["ts"] = rel_now + item["mono_ns"] / 1e9
@@ -469,10 +471,12 @@ class Agent:
         await self.flush()
         store = self.store
         assert store is not None
-        segments = await self._in_writer(lambda: store.unsynced_segments(boot))
+        after = self._corrected_upto
+        segments = await self._in_writer(lambda: store.unsynced_segments(boot, after))
+        if segments:
+            self._corrected_upto = max(b for _, b, _, _ in segments)
         corrections = [{"first_seq": a, "last_seq": b, "count": n, "offset_s": round(rel_now - base, 3)}
                        for a, b, n, base in segments]
-        self.ingest.synced = True
         log.info("system clock synchronised; %d run(s) of unsynced records corrected by event", len(corrections))
         self.ingest.event("clock_step", {
             "synced": True, "boot_id": boot, "corrections": corrections, "method": "monotonic (CLOCK_BOOTTIME)",

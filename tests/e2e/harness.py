@@ -1,0 +1,203 @@
+"""Real processes for end-to-end tests: the agent and the reference receiver.
+
+Both run as ``python -m agent …`` subprocesses, on loopback. Waiting is by polling the
+observable outcome (the store, the receiver's database) with a deadline, never a fixed
+sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from agent.receiver import Receiver
+from agent.store import Store
+
+TOKEN = "e2e-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class ReceiverProcess:
+    """``coldgate receiver`` in a subprocess, with fault injection enabled."""
+
+    def __init__(self, db: Path, port: int | None = None, token: str = TOKEN) -> None:
+        self.db, self.port, self.token = db, port or free_port(), token
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ReceiverProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "receiver", "--port", str(self.port), "--db", str(self.db),
+             "--token", self.token, "--allow-faults"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if "listening" in line:
+                return self
+            if not line and self.proc.poll() is not None:
+                break
+        raise AssertionError(f"receiver did not start (exit {self.proc.poll()})")
+
+    def faults(self, plan: list[dict[str, Any]]) -> None:
+        r = requests.post(f"{self.url}/v1/_faults", json=plan, timeout=5)
+        r.raise_for_status()
+        r.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def records(self, stream: str | None = None) -> list[dict[str, Any]]:
+        return Receiver(self.db).records(stream=stream)
+
+    def report(self) -> dict[str, Any]:
+        return Receiver(self.db).report()
+
+
+def write_config(tmp_path: Path, url: str, *, token: str = TOKEN, sim: str = "speed = 0\nlimit = 600",
+                 extra: str = "", uplink_extra: str = "") -> Path:
+    cfg = tmp_path / "coldgate.toml"
+    cfg.write_text(f"""
+gateway_id = "gw-e2e"
+[store]
+path = "store.db"
+commit_interval_s = 0.2
+[uplink]
+url = "{url}"
+token = "{token}"
+interval_s = 0.2
+batch_size = 100
+read_timeout_s = 1
+connect_timeout_s = 1
+backoff_base_s = 0.05
+backoff_cap_s = 0.5
+{uplink_extra}
+[time]
+sync_source = "assume_synced"
+[recording]
+record_interval_s = 0
+[[drivers]]
+name = "sim"
+type = "sim"
+seed = 7
+{sim}
+sensors = [{{ id = "p1", interval_s = 1 }}, {{ id = "p2", interval_s = 1, setpoint = 4.0 }}]
+{extra}
+""")
+    return cfg
+
+
+class AgentProcess:
+    """``coldgate run`` in a subprocess."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.store_path = config.parent / "store.db"
+        self.log = config.parent / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        logf = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                                         stdout=logf, stderr=logf)
+        finally:
+            logf.close()
+        wait_until(lambda: self.store_path.exists() and self.head() >= 1, 20, "agent store")
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self.proc = None
+        return code
+
+    def store(self) -> Store:
+        return Store.open(self.store_path, gateway_id="gw-e2e", create=False, check=False)
+
+    def head(self) -> int:
+        try:
+            with self.store() as s:
+                return s.head()[0]
+        except Exception:  # noqa: BLE001 - not there yet
+            return 0
+
+    def pending(self) -> int:
+        with self.store() as s:
+            return int(s.stats()["pending"])
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-m", "agent", "status", "--config", str(self.config), "--json"],
+                             capture_output=True, text=True, timeout=30, check=True)
+        return dict(json.loads(out.stdout))
+
+    def all_records(self) -> list[dict[str, Any]]:
+        with self.store() as s:
+            return s.records(with_state=True)
+
+
+def assert_receiver_holds_everything(agent: AgentProcess, receiver: ReceiverProcess,
+                                     set_aside_ok: bool = False) -> list[dict[str, Any]]:
+    """The receiver holds every record of the agent's stream exactly once, chained, gap-free."""
+    local = agent.all_records()
+    stream = local[0]["stream"]
+    remote = receiver.records(stream=stream)
+    expected = [(r["seq"], r["hash"]) for r in local if r["_state"] != "set_aside" or not set_aside_ok]
+    got = [(r["seq"], r["hash"]) for r in remote]
+    assert got == expected
+    assert [r["seq"] for r in local] == list(range(1, len(local) + 1))
+    report = receiver.report()
+    streams = {s["stream"]: s for g in report["gateways"] for s in g["streams"]} if "gateways" in report else {}
+    if streams:
+        mine = streams[stream]
+        if not set_aside_ok:
+            assert mine["gaps"] == [] and mine["chain_breaks"] == []
+    return remote
