@@ -201,6 +201,10 @@ class BleDriver(Driver):
             )
         return out
 
+    def _read(self, timeout: float) -> Iterable[Reading]:
+        # The base class's blocking seam; this driver overrides the asyncio twins instead.
+        raise DriverIOError("the BLE driver reads on the event loop (_aread), never in a thread", driver=self.name)
+
     async def _aclose(self) -> None:
         scanner, self._scanner = self._scanner, None
         if scanner is None:
