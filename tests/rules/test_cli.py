@@ -1,0 +1,175 @@
+"""``coldgate rules replay|profiles`` and ``coldgate alarms [ack]``, through the real CLI and store."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.rules.config import RulesConfig
+from agent.rules.engine import RuleEngine, Sample
+from agent.rules.replay import format_ts
+from tests.rules.helpers import T0
+
+ROOT = Path(__file__).resolve().parents[2]
+COLDGATE = Path(sys.executable).with_name("coldgate")
+
+
+def write_trip(path: Path) -> None:
+    """A 4 h trip sampled every minute: one excursion to 9.6 °C from minute 60 to minute 100."""
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["ts", "sensor_id", "quantity", "value", "unit"])
+        for k in range(240):
+            v = 9.6 if 60 <= k < 100 else 5.0
+            w.writerow([format_ts(T0 + 60.0 * k), "probe-1", "temperature", v, "Cel"])
+            w.writerow([format_ts(T0 + 60.0 * k), "probe-1", "humidity", 45.0, "%RH"])
+
+
+def test_replay_reports_the_excursion_with_its_start_and_duration(tmp_path, capsys):
+    trip = tmp_path / "trip.csv"
+    write_trip(trip)
+    assert main(["rules", "replay", "--profile", "2-8C", "--csv", str(trip), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    high = [a for a in report["alarms"] if a["rule"] == "high"]
+    assert len(high) == 1
+    assert high[0]["started_at"] == format_ts(T0 + 3600)
+    assert high[0]["raised_at"] == format_ts(T0 + 3600 + 900)  # the 15 min delay of the preset
+    assert high[0]["cleared_at"] == format_ts(T0 + 6000)
+    assert high[0]["duration_s"] == 2400.0
+    assert {a["rule"] for a in report["alarms"]} >= {"pre_high", "high", "trend"}
+    assert "time_out_of_range" not in {a["rule"] for a in report["alarms"]}  # 40 min < 60 min budget
+    assert report["samples"] == 480
+    assert 5.0 < report["mkt"]["probe-1"]["mkt"] < 9.6
+
+
+def test_replay_text_output_and_a_config_profile(tmp_path, capsys):
+    trip = tmp_path / "trip.csv"
+    write_trip(trip)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('gateway_id = "g"\n[rules.profiles.strict]\nextends = "2-8C"\n'
+                   '[rules.profiles.strict.rules.time_out_of_range]\nbudget_s = 1800.0\n')
+    assert main(["rules", "replay", "--profile", "strict", "--csv", str(trip), "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "probe-1 time_out_of_range: started 2026-11-18T" in out
+    assert "duration 40m00s" in out and "MKT probe-1:" in out
+
+
+def test_replay_refuses_an_unknown_profile_and_a_bad_csv_in_one_line(tmp_path, capsys):
+    trip = tmp_path / "trip.csv"
+    write_trip(trip)
+    assert main(["rules", "replay", "--profile", "2-8", "--csv", str(trip)]) == 1
+    assert "unknown rule profile '2-8'" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ts,sensor_id,quantity,value,unit\nyesterday,p,temperature,5,Cel\n")
+    assert main(["rules", "replay", "--profile", "2-8C", "--csv", str(bad)]) == 1
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_replay_runs_as_a_real_process(tmp_path):
+    trip = tmp_path / "trip.csv"
+    write_trip(trip)
+    proc = subprocess.run([str(COLDGATE), "rules", "replay", "--profile", "2-8C", "--csv", str(trip), "--json"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "COLDGATE_CONFIG": str(tmp_path / "absent.toml")})
+    assert proc.returncode == 1  # an explicitly named config that does not exist is an error
+    proc = subprocess.run([str(COLDGATE), "rules", "replay", "--profile", "2-8C", "--csv", str(trip), "--json"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k != "COLDGATE_CONFIG"})
+    assert proc.returncode == 0, proc.stderr
+    high = [a for a in json.loads(proc.stdout)["alarms"] if a["rule"] == "high"]
+    assert (high[0]["started_at"], high[0]["duration_s"]) == (format_ts(T0 + 3600), 2400.0)
+
+
+def test_profiles_lists_presets_and_config_profiles(tmp_path, capsys):
+    cfg = ROOT / "config" / "rules-example.toml"
+    assert main(["rules", "profiles", "--config", str(cfg), "--json"]) == 0
+    data = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert {"2-8C", "crt", "ln2", "vaccines", "handling"} <= set(data)
+    assert data["vaccines"]["extends"] == "2-8C" and data["vaccines"]["source"] == "config"
+    assert data["vaccines"]["rules"]["high"]["delay_s"] == 600.0
+    assert main(["rules", "profiles", "--config", str(cfg)]) == 0
+    assert "vaccines     config (extends 2-8C)" in capsys.readouterr().out
+
+
+@pytest.fixture
+def store_with_alarm(tmp_path):
+    """A config and a store holding one raised, latching alarm and the engine state behind it."""
+    from agent.store import Store
+
+    db = tmp_path / "store.db"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'gateway_id = "gw-t"\n[store]\npath = "{db}"\n[time]\nsync_source = "assume_synced"\n'
+                   '[[sensors]]\nid = "s"\nprofile = "h"\n'
+                   '[rules.profiles.h.rules.high]\ntype = "above"\nlimit = 8.0\nlatching = true\n')
+    rules = RulesConfig(profiles={"h": {"rules": {"high": {"type": "above", "limit": 8.0, "latching": True}}}})
+    e = RuleEngine(rules, {"s": "h"})
+    changes = e.observe(Sample("s", "temperature", 9.0, "Cel", T0)) + \
+        e.observe(Sample("s", "temperature", 5.0, "Cel", T0 + 60))
+    with Store.open(db, gateway_id="gw-t") as store:
+        store.append([{"type": "alarm", "time_quality": "synced", **c} for c in changes],
+                     state={"rules": e.snapshot()})
+    return cfg, db
+
+
+def test_alarms_lists_active_and_recent(store_with_alarm, capsys):
+    cfg, _ = store_with_alarm
+    assert main(["alarms", "--config", str(cfg), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [a["alarm_id"] for a in data["active"]] == ["s:high:1"]
+    assert data["active"][0]["started_at"] == format_ts(T0)
+    assert [r["state"] for r in data["recent"]] == ["raised"]
+    assert main(["alarms", "--config", str(cfg)]) == 0
+    assert "s:high:1" in capsys.readouterr().out
+
+
+def test_ack_without_a_daemon_appends_the_audit_record_with_the_new_state(store_with_alarm, capsys):
+    from agent.store import Store
+
+    cfg, db = store_with_alarm
+    assert main(["alarms", "ack", "s:high:1", "--by", "anna", "--reason", "probe re-seated", "--config", str(cfg),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["via"] == "store" and result["state"] == "acknowledged"
+    with Store.open(db, gateway_id="gw-t") as store:
+        acks = [r for r in store.records(type="alarm") if r["state"] == "acknowledged"]
+        state = store.load_state("rules")
+    assert len(acks) == 1 and acks[0]["by"] == "anna" and acks[0]["reason"] == "probe re-seated"
+    assert acks[0]["seq"] == result["seq"]
+    resumed = RuleEngine(RulesConfig(profiles={"h": {"rules": {"high": {"type": "above", "limit": 8.0,
+                                                                         "latching": True}}}}), {"s": "h"},
+                         state=state)
+    assert [c["state"] for c in resumed.tick(T0 + 1e6)] == ["cleared"]  # the latch released, once
+    # acknowledged and ended: no longer active, a second acknowledgement is refused
+    assert main(["alarms", "ack", "s:high:1", "--by", "anna", "--reason", "again", "--config", str(cfg)]) == 1
+    assert "no active alarm 's:high:1'" in capsys.readouterr().err
+
+
+def test_ack_with_a_running_daemon_hands_it_the_command(store_with_alarm, capsys, monkeypatch):
+    from agent.cli import rules_cmd
+    from agent.store import Store
+
+    cfg, db = store_with_alarm
+    monkeypatch.setattr(rules_cmd, "ACK_WAIT_S", 0.2)
+    fd = os.open(f"{db}.pid", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running daemon holds
+        os.write(fd, str(os.getpid()).encode())
+        assert main(["alarms", "ack", "s:high:1", "--by", "anna", "--reason", "ok", "--config", str(cfg),
+                     "--json"]) == 0
+    finally:
+        os.close(fd)
+    result = json.loads(capsys.readouterr().out)
+    assert result == {"alarm_id": "s:high:1", "via": "daemon", "pid": os.getpid(), "taken": False}
+    with Store.open(db, gateway_id="gw-t") as store:
+        commands = store.take_commands()
+        assert [r["state"] for r in store.records(type="alarm")] == ["raised"]  # the daemon records it
+    assert [(k, p) for _, k, p in commands] == [("alarm_ack", {"alarm_id": "s:high:1", "by": "anna",
+                                                                "reason": "ok"})]
