@@ -19,6 +19,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+#: Cleared alarms nobody acknowledged are listed until then, but not without end: past this
+#: many the oldest are dropped from the list (the stream keeps their records).
+MAX_UNACKED = 200
+
 
 def _clean(figures: dict[str, Any]) -> dict[str, Any]:
     """JSON-able figures: non-finite floats become None, floats are rounded to µ-units."""
@@ -76,7 +80,17 @@ class AlarmBook:
         inst["figures"]["duration_s"] = round(inst["ended_at"] - inst["started_at"], 6)
         if inst["acknowledged"]:
             del self.alarms[inst["alarm_id"]]
+        else:
+            self._bound()
         return self._record(inst, "cleared", ts)
+
+    def _bound(self) -> None:
+        """Keep at most MAX_UNACKED cleared, unacknowledged alarms: the oldest go (their records stay)."""
+        if len(self.alarms) <= MAX_UNACKED:
+            return
+        done = sorted((i["raised_at"], k) for k, i in self.alarms.items() if i["cleared"])
+        for _, k in done[: len(self.alarms) - MAX_UNACKED]:
+            del self.alarms[k]
 
     def acknowledge(self, alarm_id: str, by: str, reason: str, now: float) -> dict[str, Any]:
         inst = self.alarms[alarm_id]  # KeyError: unknown, or already cleared and acknowledged
@@ -108,7 +122,8 @@ class AlarmBook:
         ]
 
     def state(self) -> dict[str, Any]:
-        return {"alarms": self.alarms, "open": self.open, "counters": self.counters, "pending": self.pending}
+        return {"alarms": {k: {**v, "figures": dict(v["figures"])} for k, v in self.alarms.items()},
+                "open": dict(self.open), "counters": dict(self.counters), "pending": [dict(r) for r in self.pending]}
 
     def load(self, s: dict[str, Any]) -> None:
         self.alarms = {k: dict(v, figures=dict(v["figures"])) for k, v in s.get("alarms", {}).items()}

@@ -15,7 +15,6 @@ rule's own constant-time update (:mod:`agent.rules.evaluators`, :mod:`agent.rule
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -233,9 +232,8 @@ class RuleEngine:
                 "mkt": s.mkt.state(),
                 "rules": {n: {"type": ev.rule.type, **ev.state()} for n, ev in s.rules.items()},
             }
-        state = {"version": STATE_VERSION, "sensors": sensors, "book": self._book.state()}
-        # a detached copy, and proof that it is strict JSON (no NaN) before the store sees it
-        return json.loads(json.dumps(state, allow_nan=False))
+        # built fresh on each call (the book copies its own): the caller may keep it while we go on
+        return {"version": STATE_VERSION, "sensors": sensors, "book": self._book.state()}
 
     def _load(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:

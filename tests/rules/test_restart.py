@@ -52,7 +52,7 @@ def test_restart_mid_excursion_gives_the_same_alarms_at_the_same_times():
     for cut in (4 * 70, 4 * 80 + 1, 4 * 155 + 2, 4 * 200 + 3 * 10):
         first = RuleEngine(RULES, ASSIGN)
         before = run(events[:cut], first)
-        snapshot = json.loads(json.dumps(first.snapshot()))  # what the store keeps
+        snapshot = json.loads(json.dumps(first.snapshot(), allow_nan=False))  # strict JSON, as stored
         resumed = RuleEngine(RULES, ASSIGN, state=snapshot)
         after = run(events[cut:], resumed)
         assert before + after == straight, f"cut at event {cut}"

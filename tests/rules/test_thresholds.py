@@ -193,3 +193,12 @@ def test_a_sample_of_an_unassigned_sensor_or_a_nan_value_is_ignored():
     assert e.observe(Sample("other", "temperature", 99.0, "Cel", T0)) == []
     assert e.observe(Sample("s1", "temperature", float("nan"), "Cel", T0)) == []
     assert not e.out_of_range("s1")
+
+
+def test_cleared_unacknowledged_alarms_are_listed_but_not_without_end(monkeypatch):
+    from agent.rules import alarms
+
+    monkeypatch.setattr(alarms, "MAX_UNACKED", 3)
+    e = engine({"high": {"type": "above", "limit": 8.0}})
+    feed(e, [(t, 9.0 if t % 20 == 0 else 5.0) for t in range(0, 100, 10)])  # five excursions
+    assert [a["alarm_id"] for a in e.active()] == ["s1:high:3", "s1:high:4", "s1:high:5"]
