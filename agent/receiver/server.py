@@ -1,0 +1,231 @@
+"""HTTP for the reference receiver: stdlib ``http.server``, one thread per connection.
+
+Routes: ``POST /v1/batches``, ``GET /v1/report[?gateway_id=]``, ``GET /v1/health``, and
+when faults are allowed ``GET``/``POST /v1/_faults``. HTTP/1.1 with keep-alive, so a
+draining gateway reuses its connection. Every response that is not a fault's dropped
+connection carries a JSON body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from agent import __version__
+from agent.receiver import validate
+
+if TYPE_CHECKING:
+    from agent.receiver import Receiver
+
+log = logging.getLogger("agent.receiver")
+
+_DRAIN_LIMIT = 64 << 20  # bytes of an oversized body read and thrown away before answering 413
+
+
+class ReceiverHTTPServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that can be closed while clients hold keep-alive connections.
+
+    ``server_close`` shuts down every open connection (a handler blocked waiting for the
+    next request then returns) and joins the handler threads, so a test that stops the
+    server leaves no thread and no socket behind.
+    """
+
+    daemon_threads = True
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.closing = threading.Event()
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, BatchHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        self.closing.set()
+        with self._open_lock:
+            for sock in list(self._open):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        super().server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("receiver: error handling a request from %s", client_address[0])
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class BatchHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = f"coldgate-receiver/{__version__}"
+    server: ReceiverHTTPServer
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(data).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (its timeout ran out during a delay fault, say). Whatever was
+            # stored stays stored; its resend will be a duplicate.
+            self.close_connection = True
+            log.info("receiver: client %s went away before the %d response", self.address_string(), status)
+
+    def _abort(self) -> None:
+        """Close the connection at once, with a TCP reset and no response."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()  # the reset goes out once the handler's file objects are closed
+        except OSError:
+            pass
+
+    def _read_body(self) -> bytes | None:
+        """The raw body, or None after answering 411/413 (the connection is then closed)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            self._send_json(411, {"error": "chunked bodies are not accepted; send Content-Length"})
+            return None
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            self._send_json(411, {"error": "Content-Length is required"})
+            return None
+        limit = self.server.receiver.max_body
+        if length > limit:
+            # Refused without keeping it. A moderately large body is read and discarded so
+            # the client, still sending, gets the 413 rather than a reset; a huge one is not.
+            if length <= _DRAIN_LIMIT:
+                while length > 0:
+                    chunk = self.rfile.read(min(length, 1 << 16))
+                    if not chunk:
+                        break
+                    length -= len(chunk)
+            self.close_connection = True
+            self._send_json(413, {"error": f"body is over the limit of {limit} bytes"})
+            return None
+        return self.rfile.read(length)
+
+    def _authorised(self) -> bool:
+        token = self.server.receiver.token
+        if token is None:
+            return True
+        auth = self.headers.get("Authorization")
+        if not auth or not auth.startswith("Bearer "):
+            self._send_json(401, {"error": "a Bearer token is required"}, {"WWW-Authenticate": 'Bearer realm="coldgate"'})
+            return False
+        if not hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
+            self._send_json(403, {"error": "token refused"})
+            return False
+        return True
+
+    # -- routes -----------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/v1/health":
+            self._send_json(200, {"status": "ok", "receiver": self.server_version})
+        elif url.path == "/v1/report":
+            if self._authorised():
+                gw = parse_qs(url.query).get("gateway_id", [None])[0]
+                self._send_json(200, self.server.receiver.report(gw))
+        elif url.path == "/v1/_faults" and self.server.receiver.allow_faults:
+            if self._authorised():
+                self._send_json(200, {"pending": self.server.receiver.faults.pending()})
+        else:
+            self._send_json(404, {"error": f"no such resource: {url.path}"})
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/v1/batches":
+            self._post_batch()
+        elif path == "/v1/_faults" and self.server.receiver.allow_faults:
+            self._post_faults()
+        else:
+            if self._read_body() is not None:
+                self._send_json(404, {"error": f"no such resource: {path}"})
+
+    def _post_faults(self) -> None:
+        raw = self._read_body()
+        if raw is None or not self._authorised():
+            return
+        try:
+            self.server.receiver.faults.set(validate.parse_json(raw))
+        except (validate.BodyError, ValueError, TypeError) as exc:
+            self._send_json(400, {"error": str(exc)})
+            return
+        log.info("receiver: fault plan set: %s", self.server.receiver.faults.pending())
+        self._send_json(200, {"pending": self.server.receiver.faults.pending()})
+
+    def _post_batch(self) -> None:
+        receiver = self.server.receiver
+        fault = receiver.faults.next() if receiver.allow_faults else None
+        raw = self._read_body()
+        if raw is None:
+            return
+        if fault is not None:
+            log.info("receiver: injecting fault %s", fault.describe())
+            if fault.delay_s and self.server.closing.wait(fault.delay_s):
+                self._abort()  # shutting down: do not process after the delay
+                return
+            if fault.reset:
+                self._abort()
+                return
+            if fault.status is not None:
+                headers = {}
+                retry_after = fault.retry_after_header()
+                if retry_after is not None:
+                    headers["Retry-After"] = retry_after
+                self._send_json(fault.status, {"error": f"injected fault: {fault.status}"}, headers)
+                return
+        if not self._authorised():
+            return
+        try:
+            body = validate.decode_body(raw, self.headers.get("Content-Encoding"), receiver.max_body)
+            batch = validate.validate_batch(validate.parse_json(body), self.headers.get("Idempotency-Key"))
+        except validate.BodyError as exc:
+            log.warning("receiver: %d from %s: %s %s", exc.status, self.address_string(), exc, exc.problems[:3])
+            self._send_json(exc.status, exc.as_json())
+            return
+        result = receiver.store_batch(batch)  # committed before anything is answered
+        if fault is not None and fault.drop_response:
+            self._abort()
+            return
+        self._send_json(200, result)

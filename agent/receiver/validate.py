@@ -1,0 +1,206 @@
+"""Turning a request body into a batch, or into the precise reason it is refused.
+
+Two kinds of refusal, as PROTOCOL.md's response table has them:
+
+* :class:`Unparseable` (400): not gzip when it says so, not UTF-8, not JSON.
+* :class:`SchemaViolation` (422): JSON, but not a version-1 batch. It carries *every*
+  problem found (up to a limit), each with its path, so a client author fixes them all
+  at once.
+* :class:`TooLarge` (413): the body, once decompressed, is over the limit. Decompression
+  stops at the limit, so a small gzip bomb costs no more than a legitimate large batch.
+
+A record whose ``hash`` does not match its content is *not* refused here: it is stored
+and reported as a chain break, because refusing it would hide the evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+MAX_PROBLEMS = 20
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+TYPES = {"reading", "alarm", "event"}
+TIME_QUALITIES = {"synced", "unsynced", "corrected"}
+ALARM_STATES = {"raised", "cleared", "acknowledged"}
+SEVERITIES = {"warning", "alarm"}
+
+
+class BodyError(Exception):
+    """The request body is refused; ``status`` is the HTTP status to answer with."""
+
+    status = 400
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": str(self)}
+        if self.problems:
+            out["problems"] = self.problems
+        return out
+
+
+class Unparseable(BodyError):
+    status = 400
+
+
+class SchemaViolation(BodyError):
+    status = 422
+
+
+class TooLarge(BodyError):
+    status = 413
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A valid batch: one gateway, one stream, records strictly ascending by ``seq``."""
+
+    gateway_id: str
+    stream: str
+    records: list[dict[str, Any]]
+
+    @property
+    def first_seq(self) -> int:
+        return int(self.records[0]["seq"])
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.records[-1]["seq"])
+
+
+def decode_body(raw: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """The body decompressed (``gzip`` or none), never more than ``max_bytes`` of it."""
+    enc = (encoding or "identity").strip().lower()
+    if enc in ("", "identity"):
+        if len(raw) > max_bytes:
+            raise TooLarge(f"body is {len(raw)} bytes, over the limit of {max_bytes}")
+        return raw
+    if enc != "gzip":
+        raise Unparseable(f"Content-Encoding {encoding!r} is not supported (gzip or none)")
+    out = bytearray()
+    data = raw
+    try:
+        while data:
+            d = zlib.decompressobj(wbits=31)  # gzip framing only
+            # max_length bounds the output: a bomb stops at the limit, it is never expanded whole.
+            out += d.decompress(data, max_bytes + 1 - len(out))
+            if len(out) > max_bytes:
+                raise TooLarge(f"decompressed body is over the limit of {max_bytes} bytes")
+            if not d.eof:
+                if d.unconsumed_tail:
+                    raise TooLarge(f"decompressed body is over the limit of {max_bytes} bytes")
+                raise Unparseable("gzip body is truncated")
+            data = d.unused_data  # gzip allows several members, one after another
+    except zlib.error as exc:
+        raise Unparseable(f"body is not valid gzip: {exc}") from None
+    return bytes(out)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except UnicodeDecodeError as exc:
+        raise Unparseable(f"body is not UTF-8: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise Unparseable(f"body is not JSON: {exc}") from None
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float)
+
+
+def _nonempty_str(v: Any) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
+def _check_record(i: int, r: Any, problems: list[str]) -> None:
+    at = f"records[{i}]"
+    if not isinstance(r, dict):
+        problems.append(f"{at}: must be an object")
+        return
+
+    def need(key: str, ok: bool, what: str) -> None:
+        if key not in r:
+            problems.append(f"{at}.{key}: missing")
+        elif not ok:
+            problems.append(f"{at}.{key}: must be {what}, not {r[key]!r}"[:200])
+
+    need("stream", _nonempty_str(r.get("stream")), "a non-empty string")
+    need("seq", _is_int(r.get("seq")) and r.get("seq", 0) >= 1, "an integer >= 1")
+    need("type", r.get("type") in TYPES, "one of " + ", ".join(sorted(TYPES)))
+    need("ts", isinstance(r.get("ts"), str) and bool(TIMESTAMP.match(r["ts"])), "an RFC 3339 UTC timestamp with milliseconds and Z")
+    need("time_quality", r.get("time_quality") in TIME_QUALITIES, "one of " + ", ".join(sorted(TIME_QUALITIES)))
+    need("prev_hash", isinstance(r.get("prev_hash"), str) and bool(HEX64.match(r["prev_hash"])), "64 lowercase hex digits")
+    need("hash", isinstance(r.get("hash"), str) and bool(HEX64.match(r["hash"])), "64 lowercase hex digits")
+    kind = r.get("type")
+    if kind == "reading":
+        need("sensor_id", _nonempty_str(r.get("sensor_id")), "a non-empty string")
+        need("quantity", _nonempty_str(r.get("quantity")), "a non-empty string")
+        need("value", _is_number(r.get("value")), "a number")
+        need("unit", _nonempty_str(r.get("unit")), "a non-empty string")
+    elif kind == "alarm":
+        for key in ("alarm_id", "rule", "sensor_id"):
+            need(key, _nonempty_str(r.get(key)), "a non-empty string")
+        need("state", r.get("state") in ALARM_STATES, "one of " + ", ".join(sorted(ALARM_STATES)))
+        need("severity", r.get("severity") in SEVERITIES, "one of " + ", ".join(sorted(SEVERITIES)))
+        need("started_at", isinstance(r.get("started_at"), str) and bool(TIMESTAMP.match(r["started_at"])), "an RFC 3339 UTC timestamp with milliseconds and Z")
+    elif kind == "event":
+        need("event", _nonempty_str(r.get("event")), "a non-empty string")
+        need("details", isinstance(r.get("details"), dict), "an object")
+
+
+def validate_batch(doc: Any, idempotency_key: str | None) -> Batch:
+    """The batch in ``doc``, or :class:`SchemaViolation` listing every problem found."""
+    problems: list[str] = []
+    if not isinstance(doc, dict):
+        raise SchemaViolation("body must be a JSON object", ["<root>: must be an object"])
+    if doc.get("protocol") != 1 or type(doc.get("protocol")) is not int:
+        problems.append(f"protocol: must be 1, not {doc.get('protocol')!r}")
+    gateway_id = doc.get("gateway_id")
+    if not _nonempty_str(gateway_id):
+        problems.append(f"gateway_id: must be a non-empty string, not {gateway_id!r}")
+    sent_at = doc.get("sent_at")
+    if not (isinstance(sent_at, str) and TIMESTAMP.match(sent_at)):
+        problems.append(f"sent_at: must be an RFC 3339 UTC timestamp with milliseconds and Z, not {sent_at!r}")
+    records = doc.get("records")
+    if not isinstance(records, list) or not records:
+        problems.append("records: must be a non-empty array")
+        records = []
+    for i, r in enumerate(records):
+        _check_record(i, r, problems)
+        if len(problems) >= MAX_PROBLEMS:
+            break
+    if not problems:
+        streams = {r["stream"] for r in records}
+        if len(streams) > 1:
+            problems.append(f"records: one batch carries one stream, this one has {len(streams)}")
+        for i in range(1, len(records)):
+            if records[i]["seq"] <= records[i - 1]["seq"]:
+                problems.append(
+                    f"records[{i}].seq: {records[i]['seq']} after {records[i - 1]['seq']}; records must be strictly ascending by seq"
+                )
+                break
+    if not problems:
+        expected = f"{gateway_id}:{records[0]['stream']}:{records[0]['seq']}-{records[-1]['seq']}"
+        if idempotency_key is None:
+            problems.append(f"Idempotency-Key header: missing (expected {expected!r})")
+        elif idempotency_key != expected:
+            problems.append(f"Idempotency-Key header: {idempotency_key!r} does not match the records ({expected!r})")
+    if problems:
+        raise SchemaViolation(f"not a valid protocol 1 batch: {len(problems)} problem(s)", problems[:MAX_PROBLEMS])
+    return Batch(gateway_id=str(gateway_id), stream=records[0]["stream"], records=records)
