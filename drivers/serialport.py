@@ -99,8 +99,9 @@ class LineReader:
 
     def read_lines(self, timeout: float) -> list[bytes]:
         """Wait up to ``timeout`` s for bytes; return the complete lines they finish."""
-        self.port.timeout = timeout
         try:
+            if self.port.timeout != timeout:  # the setter reconfigures the tty: only on change
+                self.port.timeout = timeout
             data = self.port.read(1)
             if data:
                 waiting = self.port.in_waiting

@@ -1,0 +1,133 @@
+"""The shared serial layer: opening by URL, error translation, the bounded line reader."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+import serial
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.cli import main as cli_main
+from drivers.exc import DriverIOError, DriverUnavailable
+from drivers.serialport import LineReader, SerialOptions, _open_reason, by_id_links, open_port
+from tests.drivers.serial_helpers import PtyDevice
+
+
+def test_a_missing_device_is_unavailable_with_the_reason(tmp_path):
+    with pytest.raises(DriverUnavailable, match="no such device") as exc:
+        open_port(SerialOptions(port=str(tmp_path / "ttyUSB9")), driver="gps")
+    assert exc.value.driver == "gps"
+
+
+def test_permission_denied_says_which_group_is_missing():
+    # the service runs as root in CI, so the errno is handed over as the OS would
+    reason = _open_reason("/dev/ttyUSB0", serial.SerialException(errno.EACCES, "Permission denied"))
+    assert "permission denied" in reason and "dialout" in reason
+
+
+def test_a_port_held_by_another_process_is_unavailable_as_busy(tmp_path):
+    dev = PtyDevice(tmp_path / "gps")
+    first = open_port(SerialOptions(port=str(dev.link)))
+    try:
+        with pytest.raises(DriverUnavailable, match="busy|lock"):
+            open_port(SerialOptions(port=str(dev.link)))
+    finally:
+        first.close()
+        dev.close()
+
+
+def test_a_refused_socket_url_is_unavailable():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: refused
+        with pytest.raises(DriverUnavailable):
+            open_port(SerialOptions(port=f"socket://127.0.0.1:{port}"), timeout=0.2)
+
+
+def test_a_bad_url_is_unavailable_not_a_crash():
+    with pytest.raises(DriverUnavailable):
+        open_port(SerialOptions(port="nosuchscheme://x"))
+
+
+def test_an_unplugged_pty_fails_the_read_as_driver_io_error(tmp_path):
+    dev = PtyDevice(tmp_path / "gps")
+    port = open_port(SerialOptions(port=str(dev.link)))
+    reader = LineReader(port, 128, name="gps")
+    try:
+        dev.write(b"$GPGGA,1\r\n")
+        assert reader.read_lines(1.0) == [b"$GPGGA,1"]
+        dev.unplug()
+        with pytest.raises(DriverIOError):
+            reader.read_lines(1.0)
+    finally:
+        port.close()
+        dev.close()
+
+
+def test_loop_url_round_trips_lines_and_times_out_empty():
+    port = open_port(SerialOptions(port="loop://"))
+    reader = LineReader(port, 64)
+    port.write(b"a\r\nb\nc\rpartial")
+    assert reader.read_lines(0.05) == [b"a", b"b", b"c"]
+    assert reader.pending == len(b"partial")
+    assert reader.read_lines(0.01) == []
+    port.close()
+
+
+def test_an_over_long_line_is_dropped_whole_and_the_next_line_survives():
+    reader = LineReader(None, max_line=8)
+    assert list(reader.feed(b"0123456789abcdef")) == []
+    assert reader.pending == 0 and reader.counters["overlong"] == 1
+    assert list(reader.feed(b"still the same line\nok\n")) == [b"ok"]
+    assert list(reader.feed(b"123456789\nfine\n")) == [b"fine"]
+    assert reader.counters["overlong"] == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=20), st.integers(1, 64))
+def test_line_reader_never_holds_more_than_max_line_and_never_returns_longer_lines(chunks, max_line):
+    reader = LineReader(None, max_line=max_line)
+    for chunk in chunks:
+        for line in reader.feed(chunk):
+            assert 0 < len(line) <= max_line and b"\n" not in line and b"\r" not in line
+        assert reader.pending <= max_line
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=20).filter(lambda b: b"\n" not in b and b"\r" not in b), max_size=10),
+    st.data(),
+)
+def test_line_reader_gives_the_same_lines_however_the_bytes_are_split(lines, data):
+    stream = b"".join(line + b"\r\n" for line in lines)
+    cut = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
+    pieces = [stream[a:b] for a, b in zip([0, *cut], [*cut, len(stream)], strict=True)]
+    reader = LineReader(None, max_line=64)
+    got = [line for piece in pieces for line in reader.feed(piece)]
+    assert got == lines
+
+
+def test_by_id_links_map_devices_to_their_stable_names(tmp_path):
+    dev = PtyDevice(tmp_path / "raw")
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    (by_id / "usb-u-blox_GNSS_receiver-if00").symlink_to(os.path.realpath(dev.link))
+    try:
+        assert by_id_links(str(by_id)) == {os.path.realpath(dev.link): [str(by_id / "usb-u-blox_GNSS_receiver-if00")]}
+        assert by_id_links(str(tmp_path / "absent")) == {}
+    finally:
+        dev.close()
+
+
+def test_ports_cli_lists_ports_as_json(capsys, tmp_path):
+    assert cli_main(["ports", "--json", "--by-id-dir", str(tmp_path)]) == 0
+    ports = json.loads(capsys.readouterr().out)
+    assert isinstance(ports, list)
+    for p in ports:
+        assert {"device", "by_id", "description", "vid", "pid", "guess"} <= set(p)
