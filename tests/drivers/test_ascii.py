@@ -151,3 +151,20 @@ def test_logger_streaming_through_a_pty_delivers_every_good_line_and_counts_the_
     assert sink.of("tank", "temperature") == [pytest.approx(i / 10) for i in range(500)]
     c = drv.status.counters
     assert (c["lines"], c["garbage"], c["overlong"]) == (502, 2, 1)
+
+
+def test_the_example_config_logger_line_format_parses_its_documented_line():
+    from pathlib import Path
+
+    from agent.config import load
+
+    config = load(Path(__file__).resolve().parents[2] / "config/serial-gps-modbus.toml")
+    f = compile_format(config.driver_options("datalogger"))
+    body = "LOG,3,T=-18.40,RH=41.20"
+    assert values(parse_line(f"${body}*{nmea_xor(body.encode()):02X}", f)) == [
+        ("pallet-3", "temperature", -18.4, "Cel"),
+        ("pallet-3", "humidity", 41.2, "%RH"),
+    ]
+    assert values(parse_line("$LOG,3,T=----,RH=41.20*" + f"{nmea_xor(b'LOG,3,T=----,RH=41.20'):02X}", f)) == [
+        ("pallet-3", "humidity", 41.2, "%RH")
+    ]
