@@ -39,8 +39,13 @@ def register(sub: Any) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("action", nargs="?", choices=["serve", "report"], default="serve",
-                   help="serve (default) or print the report of --db")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["serve", "report"],
+        default="serve",
+        help="serve (default) or print the report of --db",
+    )
     p.add_argument("--db", metavar="FILE", required=True, help="the receiver's SQLite database")
     serve = p.add_argument_group("serve")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -48,10 +53,18 @@ def register(sub: Any) -> None:
     tok = serve.add_mutually_exclusive_group()
     tok.add_argument("--token", metavar="T", help="require 'Authorization: Bearer T'")
     tok.add_argument("--token-file", metavar="F", help="read the required token from file F")
-    serve.add_argument("--max-body", type=int, default=8 << 20, metavar="BYTES",
-                       help="largest batch body accepted, decompressed (default: 8 MiB); larger gets 413")
-    serve.add_argument("--allow-faults", action="store_true",
-                       help="enable fault injection (--fault, POST /v1/_faults); for tests and drills only")
+    serve.add_argument(
+        "--max-body",
+        type=int,
+        default=8 << 20,
+        metavar="BYTES",
+        help="largest batch body accepted, decompressed (default: 8 MiB); larger gets 413",
+    )
+    serve.add_argument(
+        "--allow-faults",
+        action="store_true",
+        help="enable fault injection (--fault, POST /v1/_faults); for tests and drills only",
+    )
     serve.add_argument("--fault", action="append", default=[], metavar="JSON", help=FAULT_HELP)
     rep = p.add_argument_group("report")
     rep.add_argument("--gateway", metavar="ID", help="only this gateway")
@@ -100,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         args._parser.error("--json and --gateway go with 'report'")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("agent.receiver").setLevel(logging.INFO)
-    with Receiver(args.db, token=_token(args), allow_faults=args.allow_faults, faults=_faults(args),
-                  max_body=args.max_body) as receiver:
+    with Receiver(
+        args.db, token=_token(args), allow_faults=args.allow_faults, faults=_faults(args), max_body=args.max_body
+    ) as receiver:
         receiver.serve_forever(args.host, args.port)
     return 0

@@ -188,10 +188,15 @@ class Receiver:
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, on_signal)
-        thread = threading.Thread(target=server.serve_forever, name="receiver-http", daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="receiver-http", daemon=True)
         thread.start()
-        log.info("receiver listening on %s (db %s%s%s)", server.url, self.store.path,
-                 ", token required" if self.token else "", ", faults allowed" if self.allow_faults else "")
+        log.info(
+            "receiver listening on %s (db %s%s%s)",
+            server.url,
+            self.store.path,
+            ", token required" if self.token else "",
+            ", faults allowed" if self.allow_faults else "",
+        )
         try:
             stop.wait()
         finally:
@@ -218,15 +223,24 @@ class Receiver:
         result = self.store.store_batch(batch.gateway_id, batch.stream, batch.records, ok)
         log.info(
             "receiver: %s %s seq %d-%d: stored %d, duplicates %d, conflicts %d",
-            batch.gateway_id, batch.stream, batch.first_seq, batch.last_seq,
-            result["stored"], result["duplicates"], result["conflicts"],
+            batch.gateway_id,
+            batch.stream,
+            batch.first_seq,
+            batch.last_seq,
+            result["stored"],
+            result["duplicates"],
+            result["conflicts"],
         )
         bad = [r["seq"] for r, good in zip(batch.records, ok, strict=True) if not good]
         if bad:
             log.warning("receiver: %s %s: hash does not verify at seq %s", batch.gateway_id, batch.stream, bad[:10])
         if result["conflicts"]:
-            log.warning("receiver: %s %s: %d conflicting re-send(s) kept aside", batch.gateway_id, batch.stream,
-                        result["conflicts"])
+            log.warning(
+                "receiver: %s %s: %d conflicting re-send(s) kept aside",
+                batch.gateway_id,
+                batch.stream,
+                result["conflicts"],
+            )
         return result
 
     def records(self, gateway_id: str | None = None, stream: str | None = None) -> list[dict[str, Any]]:

@@ -61,7 +61,9 @@ class Fault:
         if status is not None and (type(status) is not int or not 400 <= status <= 599):
             raise ValueError(f"fault status must be an integer 400..599, not {status!r}")
         retry_after = spec.get("retry_after")
-        if retry_after is not None and (isinstance(retry_after, bool) or not isinstance(retry_after, (int, float, str))):
+        if retry_after is not None and (
+            isinstance(retry_after, bool) or not isinstance(retry_after, (int, float, str))
+        ):
             raise ValueError(f"retry_after must be seconds or an HTTP date string, not {retry_after!r}")
         delay = spec.get("delay_s", 0)
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:

@@ -48,10 +48,13 @@ def _chain_breaks(store: ReceiverStore, gateway_id: str, stream: str) -> list[di
         if seq == 1 and prev_hash != "0" * 64:
             breaks.append({"seq": seq, "why": "prev_hash mismatch", "detail": "seq 1 must have prev_hash of 64 zeros"})
         elif pseq == seq - 1 and prev_hash != phash:
-            breaks.append({
-                "seq": seq, "why": "prev_hash mismatch",
-                "detail": f"prev_hash {prev_hash[:12]}… is not the stored hash of seq {pseq} ({(phash or '')[:12]}…)",
-            })
+            breaks.append(
+                {
+                    "seq": seq,
+                    "why": "prev_hash mismatch",
+                    "detail": f"prev_hash {prev_hash[:12]}… is not the stored hash of seq {pseq} ({(phash or '')[:12]}…)",
+                }
+            )
     return breaks
 
 

@@ -149,7 +149,9 @@ class BatchHandler(BaseHTTPRequestHandler):
             return True
         auth = self.headers.get("Authorization")
         if not auth or not auth.startswith("Bearer "):
-            self._send_json(401, {"error": "a Bearer token is required"}, {"WWW-Authenticate": 'Bearer realm="coldgate"'})
+            self._send_json(
+                401, {"error": "a Bearer token is required"}, {"WWW-Authenticate": 'Bearer realm="coldgate"'}
+            )
             return False
         if not hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
             self._send_json(403, {"error": "token refused"})

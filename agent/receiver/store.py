@@ -145,10 +145,22 @@ class ReceiverStore:
                     body = json.dumps(r, separators=(",", ":"), ensure_ascii=False)
                     stored = existing.get(seq)
                     if stored is None:
-                        new_rows.append((
-                            gateway_id, stream, seq, r["type"], r.get("event") if r["type"] == "event" else None,
-                            r["ts"], r["time_quality"], r["prev_hash"], r["hash"], int(ok), now, body,
-                        ))
+                        new_rows.append(
+                            (
+                                gateway_id,
+                                stream,
+                                seq,
+                                r["type"],
+                                r.get("event") if r["type"] == "event" else None,
+                                r["ts"],
+                                r["time_quality"],
+                                r["prev_hash"],
+                                r["hash"],
+                                int(ok),
+                                now,
+                                body,
+                            )
+                        )
                     elif stored == r["hash"]:
                         duplicates += 1
                     else:
@@ -201,19 +213,29 @@ class ReceiverStore:
             "WHERE gateway_id=? AND stream=?",
             (gateway_id, stream),
         )
-        by_type = dict(self._query(
-            "SELECT type, count(*) FROM records WHERE gateway_id=? AND stream=? GROUP BY type ORDER BY type",
-            (gateway_id, stream),
-        ))
-        tq = dict(self._query(
-            "SELECT time_quality, count(*) FROM records WHERE gateway_id=? AND stream=? GROUP BY time_quality "
-            "ORDER BY time_quality",
-            (gateway_id, stream),
-        ))
+        by_type = dict(
+            self._query(
+                "SELECT type, count(*) FROM records WHERE gateway_id=? AND stream=? GROUP BY type ORDER BY type",
+                (gateway_id, stream),
+            )
+        )
+        tq = dict(
+            self._query(
+                "SELECT time_quality, count(*) FROM records WHERE gateway_id=? AND stream=? GROUP BY time_quality "
+                "ORDER BY time_quality",
+                (gateway_id, stream),
+            )
+        )
         dups = self._query("SELECT count FROM duplicates WHERE gateway_id=? AND stream=?", (gateway_id, stream))
         return {
-            "records": count, "first_seq": first, "last_seq": last, "first_ts": first_ts, "last_ts": last_ts,
-            "last_received_at": last_rx, "by_type": by_type, "time_quality": tq,
+            "records": count,
+            "first_seq": first,
+            "last_seq": last,
+            "first_ts": first_ts,
+            "last_ts": last_ts,
+            "last_received_at": last_rx,
+            "by_type": by_type,
+            "time_quality": tq,
             "duplicates": dups[0][0] if dups else 0,
         }
 
@@ -253,7 +275,14 @@ class ReceiverStore:
             (gateway_id, stream),
         )
         return [
-            {"seq": s, "stored_hash": sh, "received_hash": rh, "times": t, "first_received_at": f, "last_received_at": la}
+            {
+                "seq": s,
+                "stored_hash": sh,
+                "received_hash": rh,
+                "times": t,
+                "first_received_at": f,
+                "last_received_at": la,
+            }
             for s, sh, rh, t, f, la in rows
         ]
 

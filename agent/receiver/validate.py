@@ -143,9 +143,17 @@ def _check_record(i: int, r: Any, problems: list[str]) -> None:
     need("stream", _nonempty_str(r.get("stream")), "a non-empty string")
     need("seq", _is_int(r.get("seq")) and r.get("seq", 0) >= 1, "an integer >= 1")
     need("type", r.get("type") in TYPES, "one of " + ", ".join(sorted(TYPES)))
-    need("ts", isinstance(r.get("ts"), str) and bool(TIMESTAMP.match(r["ts"])), "an RFC 3339 UTC timestamp with milliseconds and Z")
+    need(
+        "ts",
+        isinstance(r.get("ts"), str) and bool(TIMESTAMP.match(r["ts"])),
+        "an RFC 3339 UTC timestamp with milliseconds and Z",
+    )
     need("time_quality", r.get("time_quality") in TIME_QUALITIES, "one of " + ", ".join(sorted(TIME_QUALITIES)))
-    need("prev_hash", isinstance(r.get("prev_hash"), str) and bool(HEX64.match(r["prev_hash"])), "64 lowercase hex digits")
+    need(
+        "prev_hash",
+        isinstance(r.get("prev_hash"), str) and bool(HEX64.match(r["prev_hash"])),
+        "64 lowercase hex digits",
+    )
     need("hash", isinstance(r.get("hash"), str) and bool(HEX64.match(r["hash"])), "64 lowercase hex digits")
     kind = r.get("type")
     if kind == "reading":
@@ -158,7 +166,11 @@ def _check_record(i: int, r: Any, problems: list[str]) -> None:
             need(key, _nonempty_str(r.get(key)), "a non-empty string")
         need("state", r.get("state") in ALARM_STATES, "one of " + ", ".join(sorted(ALARM_STATES)))
         need("severity", r.get("severity") in SEVERITIES, "one of " + ", ".join(sorted(SEVERITIES)))
-        need("started_at", isinstance(r.get("started_at"), str) and bool(TIMESTAMP.match(r["started_at"])), "an RFC 3339 UTC timestamp with milliseconds and Z")
+        need(
+            "started_at",
+            isinstance(r.get("started_at"), str) and bool(TIMESTAMP.match(r["started_at"])),
+            "an RFC 3339 UTC timestamp with milliseconds and Z",
+        )
     elif kind == "event":
         need("event", _nonempty_str(r.get("event")), "a non-empty string")
         need("details", isinstance(r.get("details"), dict), "an object")
