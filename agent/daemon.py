@@ -153,6 +153,11 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         cfg = self.config
+        # first of all, so that a SIGTERM during start-up still commits and exits cleanly
+        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                             (signal.SIGHUP, self.request_reload), (signal.SIGUSR1, self.request_sync)):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, handler)
         self._take_lock(cfg.store.path)
         try:
             self.store = await self._in_writer(lambda: Store.open(
@@ -166,10 +171,6 @@ class Agent:
                                                 "config": str(self.config_path) if self.config_path else None})
             self.ingest.event("config_applied", {"source": str(self.config_path) if self.config_path else None,
                                                  "sha256": config_digest(self.config_path), "at": "start"})
-            for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
-                                 (signal.SIGHUP, self.request_reload), (signal.SIGUSR1, self.request_sync)):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, handler)
             self._start_drivers(cfg)
             tasks = [asyncio.create_task(c, name=n) for n, c in (
                 ("writer", self._writer_loop()), ("sync", self._sync_loop()),
@@ -381,7 +382,7 @@ class Agent:
     async def _sync_loop(self) -> None:
         cfg = self.config
         sync_store = await _in_daemon_thread(lambda: Store.open(
-            cfg.store.path, gateway_id=cfg.gateway_id, keep_acked=cfg.store.keep_acked, check=False))
+            cfg.store.path, gateway_id=cfg.gateway_id, keep_acked=cfg.store.keep_acked, check=False, create=False))
         self.syncer = Syncer(sync_store, cfg.uplink, self.store.gateway_id if self.store else cfg.gateway_id)
         try:
             while True:

@@ -26,7 +26,8 @@ def collect(cfg: Config) -> dict[str, Any]:
         try:
             data = json.loads(status_path(path).read_text())
         except (OSError, ValueError):
-            data = {}
+            data = {"gateway_id": cfg.gateway_id, "sync": {"result": "starting"}, "drivers": {},
+                    "note": "agent starting: no status file yet"}
         data["running"] = True
         data["pid"] = pid
     else:

@@ -129,13 +129,21 @@ class Store:
         reason, error, aside = ("new" if not existed else None), None, None
         try:
             conn = cls._connect(p, check=check and existed)
+        except sqlite3.OperationalError as exc:
+            # locked, unreadable, I/O error: not proof of corruption, so nothing is set aside
+            raise StoreError(f"cannot open store {p}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
+            if not create:
+                raise StoreError(f"store {p} is unreadable: {exc}") from exc
             error = str(exc)
             aside = cls._set_aside(p)
             log.error("store %s cannot be used (%s); set aside as %s, starting a new stream", p, exc, aside)
             reason = "corrupt"
             conn = cls._connect(p, check=False)
         store = cls(conn, p, quota_bytes=quota_bytes, reserve_pct=reserve_pct, keep_acked=keep_acked)
+        if not store.stream_id and not create:
+            conn.close()
+            raise StoreError(f"store {p} is being created; try again in a moment")
         if not store.stream_id:
             store._start_stream(gateway_id, reason or "new", error=error, set_aside=aside, clock=clock or Clock())
         return store
@@ -191,6 +199,11 @@ class Store:
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
+                existing = self._meta("stream_id")
+                if existing:  # another process created the stream first: adopt it
+                    self.conn.execute("COMMIT")
+                    self.stream_id, self.gateway_id = existing, self._meta("gateway_id") or gateway_id
+                    return
                 for k, v in (("stream_id", stream), ("gateway_id", gateway_id), ("head_seq", "0"),
                              ("head_hash", ZERO_HASH), ("created_at", rfc3339(time.time()))):
                     self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
@@ -545,20 +558,29 @@ class Store:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(f"store schema version {version} is newer than this coldgate knows")
+    """Apply the missing migrations, one transaction each.
+
+    The version is read again under the write lock, so two processes opening a new
+    store at once (the daemon creating it, the CLI reading it) never run one twice.
+    """
     db = sqlite_utils.Database(conn)
-    for n, (name, step) in enumerate(MIGRATIONS[version:], start=version + 1):
+    while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise sqlite3.DatabaseError(f"store schema version {version} is newer than this coldgate knows")
+            if version == len(MIGRATIONS):
+                conn.execute("COMMIT")
+                return
+            name, step = MIGRATIONS[version]
             step(db)
-            conn.execute(f"PRAGMA user_version = {n}")
+            conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        log.info("store migrated to schema %d (%s)", n, name)
+        log.info("store migrated to schema %d (%s)", version + 1, name)
 
 
 def read_only(path: str | os.PathLike[str]) -> sqlite3.Connection:

@@ -227,3 +227,29 @@ def test_unsynced_segments_split_where_the_unsynced_clock_stepped(store: Store) 
     segs = store.unsynced_segments("boot-1")
     assert [(a, b, n) for a, b, n, _ in segs] == [(2, 4, 3), (5, 7, 3)]
     assert segs[1][3] - segs[0][3] == pytest.approx(3600, abs=0.01)
+
+
+def test_processes_opening_a_new_store_at_once_share_one_stream_and_set_nothing_aside(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "s.db"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        streams = pool.map(_open_and_report, [str(path)] * 8)
+    assert len(set(streams)) == 1
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    with Store.open(path, gateway_id="gw") as s:
+        assert [r["event"] for r in s.records()] == ["stream_started"]
+
+
+def _open_and_report(path: str) -> str:
+    with Store.open(path, gateway_id="gw") as s:
+        return s.stream_id
+
+
+def test_a_reader_never_sets_aside_or_creates_anything(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError, match="unreadable"):
+        Store.open(path, gateway_id="gw", create=False)
+    assert path.read_bytes().startswith(b"not a database") and not list(tmp_path.glob("*.corrupt-*"))

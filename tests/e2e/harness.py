@@ -20,6 +20,7 @@ from typing import Any
 
 import requests
 
+from agent.daemon import running_pid
 from agent.receiver import Receiver
 from agent.store import Store
 
@@ -70,7 +71,8 @@ class ReceiverProcess:
         raise AssertionError(f"receiver did not start (exit {self.proc.poll()})")
 
     def faults(self, plan: list[dict[str, Any]]) -> None:
-        r = requests.post(f"{self.url}/v1/_faults", json=plan, timeout=5)
+        r = requests.post(f"{self.url}/v1/_faults", json=plan, timeout=5,
+                          headers={"Authorization": f"Bearer {self.token}"})
         r.raise_for_status()
         r.close()
 
@@ -83,10 +85,20 @@ class ReceiverProcess:
         self.proc = None
 
     def records(self, stream: str | None = None) -> list[dict[str, Any]]:
-        return Receiver(self.db).records(stream=stream)
+        if not self.db.exists():
+            return []
+        with Receiver(self.db) as r:
+            return r.records(stream=stream)
 
     def report(self) -> dict[str, Any]:
-        return Receiver(self.db).report()
+        with Receiver(self.db) as r:
+            return r.report()
+
+    def stream_report(self, stream: str) -> dict[str, Any]:
+        for gateway in self.report()["gateways"].values():
+            if stream in gateway["streams"]:
+                return dict(gateway["streams"][stream])
+        raise AssertionError(f"stream {stream} not in the receiver's report")
 
 
 def write_config(tmp_path: Path, url: str, *, token: str = TOKEN, sim: str = "speed = 0\nlimit = 600",
@@ -138,7 +150,10 @@ class AgentProcess:
                                          stdout=logf, stderr=logf)
         finally:
             logf.close()
-        wait_until(lambda: self.store_path.exists() and self.head() >= 1, 20, "agent store")
+        proc = self.proc
+        wait_until(lambda: running_pid(self.store_path) == proc.pid or proc.poll() is not None, 20, "the agent")
+        assert proc.poll() is None, f"agent exited with {proc.returncode}: {self.log.read_text()[-2000:]}"
+        wait_until(lambda: self.head() >= 1, 20, "the agent's store")
         return self
 
     def signal(self, sig: int) -> None:
@@ -194,10 +209,8 @@ def assert_receiver_holds_everything(agent: AgentProcess, receiver: ReceiverProc
     got = [(r["seq"], r["hash"]) for r in remote]
     assert got == expected
     assert [r["seq"] for r in local] == list(range(1, len(local) + 1))
-    report = receiver.report()
-    streams = {s["stream"]: s for g in report["gateways"] for s in g["streams"]} if "gateways" in report else {}
-    if streams:
-        mine = streams[stream]
-        if not set_aside_ok:
-            assert mine["gaps"] == [] and mine["chain_breaks"] == []
+    mine = receiver.stream_report(stream)
+    assert mine["chain_breaks"] == [] and mine["conflicts"] == []
+    if not set_aside_ok:
+        assert mine["gaps"] == [] and mine["verdict"] == "complete-and-verified"
     return remote

@@ -7,6 +7,8 @@ gap and a valid chain (or, for a rejected batch, exactly that batch kept aside l
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,7 @@ def test_receiver_down_then_back_the_backlog_drains(tmp_path: Path) -> None:
     agent = AgentProcess(write_config(tmp_path, receiver.url)).start()
     try:
         wait_until(lambda: agent.head() >= READINGS, 60, "readings to be buffered")
-        status = agent.status()
+        status = wait_until(lambda: (s := agent.status())["sync"].get("last_error") and s, 30, "a sync error")
         assert status["sync"]["result"] == "transient" and "cannot reach" in status["sync"]["last_error"]
         assert agent.pending() >= READINGS
         receiver.start()
@@ -85,8 +87,7 @@ def test_lost_response_is_resent_and_stored_once_as_a_duplicate(tmp_path: Path, 
     finally:
         agent.stop()
     assert_receiver_holds_everything(agent, receiver)
-    report = receiver.report()
-    assert _stream_report(report, agent)["duplicates"] >= 1
+    assert receiver.stream_report(agent.all_records()[0]["stream"])["duplicates"] >= 1
 
 
 def test_batch_answered_400_is_set_aside_with_an_event_and_the_rest_goes_on(
@@ -124,7 +125,7 @@ def test_sigkill_mid_run_several_times_loses_no_committed_record_and_seq_continu
         assert set(committed) <= after, f"round {round_}: a committed record vanished"
     agent.start()
     agent.signal(signal.SIGTERM)
-    agent.stop()
+    assert agent.stop() == 0
     cfg.write_text(cfg.read_text().replace("speed = 40", "speed = 40\nlimit = 1"))
     agent.start()
     try:
@@ -176,10 +177,30 @@ def test_wrong_uplink_url_shows_in_status_and_readings_keep_buffering(tmp_path: 
         agent.stop()
 
 
-def _stream_report(report: dict, agent: AgentProcess) -> dict:
-    stream = agent.all_records()[0]["stream"]
-    for g in report["gateways"]:
-        for s in g["streams"]:
-            if s["stream"] == stream:
-                return s
-    raise AssertionError("stream not in the receiver's report")
+def test_sighup_with_a_broken_pushed_config_keeps_the_agent_running_and_records_why(
+        tmp_path: Path, receiver: ReceiverProcess) -> None:
+    cfg = write_config(tmp_path, receiver.url, sim="speed = 5")
+    agent = AgentProcess(cfg).start()
+    good = cfg.read_text()
+    try:
+        cfg.write_text(good.replace("batch_size = 100", "batch_size = 0\nbatch_sise = 5"))
+        agent.signal(signal.SIGHUP)
+        rejected = wait_until(lambda: [r for r in agent.all_records()
+                                       if r["type"] == "event" and r["event"] == "config_rejected"], 30, "rejection")
+        problems = " ".join(rejected[0]["details"]["problems"])
+        assert "uplink.batch_size" in problems and "did you mean 'batch_size'?" in problems
+        head = agent.head()
+        wait_until(lambda: agent.head() > head + 10, 30, "readings to keep flowing")
+        cfg.write_text(good)
+        agent.signal(signal.SIGHUP)
+        wait_until(lambda: [r for r in agent.all_records() if r["type"] == "event"
+                            and r["event"] == "config_applied" and r["details"]["at"] == "reload"], 30, "reload")
+    finally:
+        assert agent.stop() == 0
+    # what the agent committed on its way out is sent by `coldgate sync --now` without it
+    assert agent.pending() > 0
+    out = subprocess.run([sys.executable, "-m", "agent", "sync", "--now", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "this process (agent not running)" in out.stdout and "0 record(s) still pending" in out.stdout
+    assert_receiver_holds_everything(agent, receiver)
