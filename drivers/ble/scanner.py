@@ -189,6 +189,8 @@ class BleDriver(Driver):
         try:
             if wait > 0:
                 out.extend(await asyncio.wait_for(self._queue.get(), wait))
+            else:
+                await asyncio.sleep(0)  # always yield: a read must never spin the loop
             while True:
                 out.extend(self._queue.get_nowait())
         except (TimeoutError, asyncio.QueueEmpty):
