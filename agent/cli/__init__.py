@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli.readings_cmd",
     "agent.cli.sync_cmd",
     "agent.cli.decode_cmd",
+    "agent.cli.demo_cmd",
     "agent.cli.receiver_cmd",
     "agent.cli.serial_cmd",
     "agent.cli.ble_cmd",

@@ -1,0 +1,154 @@
+"""``coldgate demo``: the reference receiver and the agent on the bundled demo, live.
+
+Starts ``coldgate receiver`` and ``coldgate run --config config/demo.toml`` as two
+processes, prints what flows every few seconds (sensor values, store depth, what the
+receiver holds and whether its chain verifies, alarms), and on Ctrl-C stops both
+cleanly, sends what is left and prints the receiver's verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG = "config/demo.toml"
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "demo", help="run the reference receiver and the agent on the bundled demo (simulated loggers)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"demo config (default: {DEFAULT_CONFIG})")
+    p.add_argument("--seconds", type=float, default=None, help="stop by itself after this long (default: Ctrl-C)")
+    p.add_argument("--every", type=float, default=3.0, help="seconds between progress lines")
+    p.add_argument("--fresh", action="store_true", help="start from empty databases")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent import config
+    from agent.daemon import status_path
+
+    cfg_path = Path(args.config)
+    if not cfg_path.exists():
+        print(f"coldgate: {cfg_path} not found (run the demo from the coldgate checkout)", file=sys.stderr)
+        return 1
+    cfg = config.load(cfg_path)
+    data_dir = cfg.store.path.parent
+    data_dir.mkdir(parents=True, exist_ok=True)
+    rx_db = data_dir / "receiver.db"
+    if args.fresh:
+        for f in data_dir.glob("*"):
+            if f.is_file():
+                f.unlink()
+    url = urlsplit(cfg.uplink.url or "http://127.0.0.1:8765")
+    token = cfg.uplink.token.get_secret_value() if cfg.uplink.token else None
+    rx_cmd = [sys.executable, "-m", "agent", "receiver", "--host", url.hostname or "127.0.0.1",
+              "--port", str(url.port or 80), "--db", str(rx_db)] + (["--token", token] if token else [])
+    agent_cmd = [sys.executable, "-m", "agent", "run", "--config", str(cfg_path)]
+    log_file = open(data_dir / "demo.log", "ab")  # noqa: SIM115 - closed in finally
+    print(f"coldgate demo: receiver on {url.geturl()} (db {rx_db}), agent on {cfg_path} "
+          f"(store {cfg.store.path}); logs in {data_dir / 'demo.log'}; Ctrl-C stops both")
+    receiver = subprocess.Popen(rx_cmd, stdout=log_file, stderr=log_file, start_new_session=True)
+    agent = None
+    start = time.monotonic()
+    try:
+        _wait_for_port(url.hostname or "127.0.0.1", url.port or 80, receiver)
+        agent = subprocess.Popen(agent_cmd, stdout=log_file, stderr=log_file, start_new_session=True)
+        while args.seconds is None or time.monotonic() - start < args.seconds:
+            time.sleep(args.every)
+            if agent.poll() is not None:
+                print(f"agent exited with {agent.returncode}; see {data_dir / 'demo.log'}", file=sys.stderr)
+                return 1
+            print(_progress(time.monotonic() - start, status_path(cfg.store.path), rx_db), flush=True)
+    except KeyboardInterrupt:
+        print("\nstopping…")
+    finally:
+        code = _stop(agent)
+        if agent is not None and code == 0:
+            # send what the agent committed on its way out
+            subprocess.run([sys.executable, "-m", "agent", "sync", "--now", "--config", str(cfg_path)],
+                           stdout=subprocess.DEVNULL, stderr=log_file, check=False)
+        _stop(receiver)
+        log_file.close()
+    print(_final(rx_db, cfg))
+    return 0
+
+
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
+    import socket
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"receiver exited with {proc.returncode} (port {port} in use?)")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise SystemExit("receiver did not start")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> int:
+    if proc is None:
+        return 0
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def _progress(elapsed: float, status_file: Path, rx_db: Path) -> str:
+    import json
+
+    try:
+        st = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        return f"[{elapsed:5.0f} s] agent starting…"
+    temps = []
+    for sid, s in sorted(st.get("sensors", {}).items()):
+        t = s.get("readings", {}).get("temperature")
+        if t:
+            temps.append(f"{sid} {t['value']:.2f}°C")
+    store = st.get("store", {})
+    held = _receiver_summary(rx_db)
+    alarms = [f"{a.get('rule')}@{a.get('sensor_id')}" for a in st.get("alarms", []) if a.get("state") == "raised"]
+    line = (f"[{elapsed:5.0f} s] {'  '.join(temps)} | store seq {store.get('head_seq')}, "
+            f"unsent {store.get('pending')} | receiver {held}")
+    if alarms:
+        line += f" | ALARMS: {', '.join(alarms)}"
+    return line
+
+
+def _receiver_summary(rx_db: Path) -> str:
+    from agent.receiver import Receiver
+
+    if not rx_db.exists():
+        return "empty"
+    with Receiver(rx_db) as rx:
+        report = rx.report()
+    parts = []
+    for gw in report["gateways"].values():
+        for stream in gw["streams"].values():
+            parts.append(f"{stream['records']} records, {stream['verdict']}")
+    return "; ".join(parts) or "empty"
+
+
+def _final(rx_db: Path, cfg: Any) -> str:
+    from agent.receiver import Receiver, render_text
+
+    if not rx_db.exists():
+        return "the receiver holds nothing yet"
+    with Receiver(rx_db) as rx:
+        report = rx.report(cfg.gateway_id)
+    return "receiver report:\n" + render_text(report)
