@@ -96,6 +96,7 @@ Fault injection (``allow_faults=True`` only) is described in :mod:`agent.receive
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -104,7 +105,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.canonical import verify
+from agent.canonical import canonical, record_hash
 from agent.receiver.faults import Fault, FaultPlan
 from agent.receiver.report import NOT_VERIFIED, VERIFIED, build_report, render_text
 from agent.receiver.store import ReceiverError, ReceiverStore
@@ -126,11 +127,14 @@ DEFAULT_MAX_BODY = 8 << 20  # 8 MiB, decompressed
 log = logging.getLogger("agent.receiver")
 
 
-def _verified(record: Mapping[str, Any]) -> bool:
+def _canonical_and_verified(record: Mapping[str, Any]) -> tuple[str, bool]:
+    """The record without ``hash`` as canonical JSON (what the hash covers), and whether its hash matches."""
+    body = {k: v for k, v in record.items() if k != "hash"}
     try:
-        return verify(record)
-    except (TypeError, ValueError, OverflowError):  # content that has no canonical form
-        return False
+        canon = canonical(body)
+    except (TypeError, ValueError, OverflowError):  # content with no canonical form cannot verify
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False), False
+    return canon.decode("utf-8"), record_hash(record["prev_hash"], canon) == record["hash"]
 
 
 class Receiver:
@@ -219,8 +223,8 @@ class Receiver:
 
     def store_batch(self, batch: Batch) -> dict[str, int]:
         """Verify each record's own hash, store the batch idempotently, commit; the counts."""
-        ok = [_verified(r) for r in batch.records]
-        result = self.store.store_batch(batch.gateway_id, batch.stream, batch.records, ok)
+        checked = [_canonical_and_verified(r) for r in batch.records]
+        result = self.store.store_batch(batch.gateway_id, batch.stream, batch.records, checked)
         log.info(
             "receiver: %s %s seq %d-%d: stored %d, duplicates %d, conflicts %d",
             batch.gateway_id,
@@ -231,7 +235,7 @@ class Receiver:
             result["duplicates"],
             result["conflicts"],
         )
-        bad = [r["seq"] for r, good in zip(batch.records, ok, strict=True) if not good]
+        bad = [r["seq"] for r, (_, good) in zip(batch.records, checked, strict=True) if not good]
         if bad:
             log.warning("receiver: %s %s: hash does not verify at seq %s", batch.gateway_id, batch.stream, bad[:10])
         if result["conflicts"]:
@@ -244,7 +248,11 @@ class Receiver:
         return result
 
     def records(self, gateway_id: str | None = None, stream: str | None = None) -> list[dict[str, Any]]:
-        """Stored records as received, ascending by seq (within gateway and stream)."""
+        """Stored records as received, ascending by seq (within gateway and stream).
+
+        The same JSON values as sent; keys come back in canonical order, and a float with an
+        integral value (``25.0``) as the integer JSON writes it as (``25``), which compares equal.
+        """
         return self.store.records(gateway_id, stream)
 
     def report(self, gateway_id: str | None = None) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 Tables (``PRAGMA user_version`` 1):
 
 ``records``
-    one row per ``(gateway_id, stream, seq)``: the record exactly as received (``body``,
-    compact JSON), a few columns pulled out for the report, and ``hash_ok`` (the record's
-    own hash checked once, on arrival). Never updated, never deleted.
+    one row per ``(gateway_id, stream, seq)``: ``body`` is the record without its ``hash``
+    in RFC 8785 canonical JSON, i.e. the very bytes the hash covers, so an auditor can
+    check any row with ``sha256(prev_hash || body) == hash`` and nothing else; a few
+    columns pulled out for the report; ``hash_ok``, the record's own hash checked once, on
+    arrival. Never updated, never deleted.
 ``conflicts``
     a record re-sent under a key already stored but with a different ``hash``: kept here,
     never over the stored one. One row per distinct ``(key, hash)``, counting repeats.
@@ -78,6 +80,12 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _with_hash(body: str, hash_: str) -> dict[str, Any]:
+    record = json.loads(body)
+    record["hash"] = hash_
+    return dict(record)
+
+
 class ReceiverStore:
     """The receiver's database. Thread-safe; :meth:`close` when done."""
 
@@ -122,9 +130,12 @@ class ReceiverStore:
     # -- writing ----------------------------------------------------------------------
 
     def store_batch(
-        self, gateway_id: str, stream: str, records: Sequence[dict[str, Any]], hash_ok: Sequence[bool]
+        self, gateway_id: str, stream: str, records: Sequence[dict[str, Any]], checked: Sequence[tuple[str, bool]]
     ) -> dict[str, int]:
-        """Store a validated batch idempotently and commit. Returns stored/duplicates/conflicts counts."""
+        """Store a validated batch idempotently and commit. Returns stored/duplicates/conflicts counts.
+
+        ``checked`` is, per record, its canonical body without ``hash`` and whether the hash matched.
+        """
         now = now_iso()
         first, last = records[0]["seq"], records[-1]["seq"]
         with self._lock:
@@ -140,9 +151,8 @@ class ReceiverStore:
                 new_rows: list[tuple[Any, ...]] = []
                 conflict_rows: list[tuple[Any, ...]] = []
                 duplicates = 0
-                for r, ok in zip(records, hash_ok, strict=True):
+                for r, (body, ok) in zip(records, checked, strict=True):
                     seq = r["seq"]
-                    body = json.dumps(r, separators=(",", ":"), ensure_ascii=False)
                     stored = existing.get(seq)
                     if stored is None:
                         new_rows.append(
@@ -191,11 +201,11 @@ class ReceiverStore:
     def records(self, gateway_id: str | None = None, stream: str | None = None) -> list[dict[str, Any]]:
         """Stored records as received, ascending by gateway, stream and seq."""
         rows = self._query(
-            "SELECT body FROM records WHERE (?1 IS NULL OR gateway_id=?1) AND (?2 IS NULL OR stream=?2) "
+            "SELECT body, hash FROM records WHERE (?1 IS NULL OR gateway_id=?1) AND (?2 IS NULL OR stream=?2) "
             "ORDER BY gateway_id, stream, seq",
             (gateway_id, stream),
         )
-        return [json.loads(b) for (b,) in rows]
+        return [_with_hash(b, h) for b, h in rows]
 
     def streams(self, gateway_id: str | None = None) -> list[tuple[str, str]]:
         """Every ``(gateway_id, stream)`` that has records or conflicts."""
