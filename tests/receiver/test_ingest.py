@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import sqlite3
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.receiver.conftest import GATEWAY, TS, Chain, body_of, key_of, rehash
+from agent.receiver import Receiver, ReceiverError
+from tests.receiver.conftest import GATEWAY, TS, Chain, Client, body_of, key_of, rehash
 
 
 def test_batch_is_stored_and_counted(rx: Any) -> None:
@@ -45,8 +50,6 @@ def test_concurrent_resends_of_one_batch_store_each_record_once(rx: Any) -> None
     results: list[dict[str, int]] = []
 
     def send() -> None:
-        from tests.receiver.conftest import Client
-
         c = Client(rx.url)
         try:
             results.append(c.post(recs).json())
@@ -244,3 +247,55 @@ def test_plain_body_over_the_configured_limit_is_413_and_just_under_is_stored(se
     assert rx.client.post(recs, compress=True).status_code == 413  # the limit is on the decompressed size
     small = recs[:5]
     assert rx.client.post(small).json()["stored"] == 5
+
+
+# -- durability and lifecycle ----------------------------------------------------------
+
+
+def test_batch_is_committed_before_the_200_and_the_db_is_wal_with_full_sync(rx: Any) -> None:
+    recs = Chain().readings(3)
+    assert rx.client.post(recs).status_code == 200
+    other = sqlite3.connect(rx.receiver.store.path)  # another connection sees only what is committed
+    try:
+        assert other.execute("SELECT count(*) FROM records").fetchone()[0] == 3
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        other.close()
+    sync = rx.receiver.store._query("PRAGMA synchronous")[0][0]
+    assert sync == 2  # FULL
+
+
+def test_stored_body_alone_proves_the_hash(rx: Any) -> None:
+    recs = Chain().readings(2)
+    rx.client.post(recs)
+    for body, prev, h in rx.receiver.store._query("SELECT body, prev_hash, hash FROM records"):
+        assert hashlib.sha256(prev.encode() + body.encode()).hexdigest() == h
+
+
+def test_server_close_does_not_wait_for_idle_keep_alive_clients(serve: Any) -> None:
+    rx = serve()
+    idle = Client(rx.url)
+    try:
+        assert idle.post(Chain().readings(1)).status_code == 200  # its connection stays open, idle
+        started = time.monotonic()
+        rx.server.shutdown()
+        rx.server.server_close()
+        assert time.monotonic() - started < 2
+    finally:
+        idle.close()
+
+
+def test_database_from_a_newer_receiver_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(ReceiverError, match="newer"):
+        Receiver(db)
+
+
+def test_file_that_is_not_a_database_is_refused_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ReceiverError, match="cannot open"):
+        Receiver(bad)
