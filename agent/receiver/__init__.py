@@ -225,7 +225,8 @@ class Receiver:
         """Verify each record's own hash, store the batch idempotently, commit; the counts."""
         checked = [_canonical_and_verified(r) for r in batch.records]
         result = self.store.store_batch(batch.gateway_id, batch.stream, batch.records, checked)
-        log.info(
+        # DEBUG: a draining fleet sends thousands of batches; -v shows them.
+        log.debug(
             "receiver: %s %s seq %d-%d: stored %d, duplicates %d, conflicts %d",
             batch.gateway_id,
             batch.stream,
