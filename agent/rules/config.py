@@ -170,6 +170,10 @@ class _Trend(_Rule):
         default=300.0, gt=0, description="time constant of the exponentially weighted trend fit, s"
     )
     min_samples: int = Field(default=3, ge=2, description="samples needed before a trend is trusted")
+    min_span_s: float | None = Field(
+        default=None, ge=0,
+        description="seconds of data needed before a trend is trusted (default: tau_s); a slope fitted over a "
+                    "few seconds of noise is not a trend")
 
 
 class RateRule(_Trend):

@@ -21,11 +21,12 @@ from agent.rules.mkt import MktAccumulator
 class TrendFit:
     """Exponentially weighted linear regression of value on time, centred on the last sample."""
 
-    __slots__ = ("tau", "n", "last_ts", "s0", "st", "sv", "stt", "stv")
+    __slots__ = ("tau", "n", "first_ts", "last_ts", "s0", "st", "sv", "stt", "stv")
 
     def __init__(self, tau_s: float) -> None:
         self.tau = tau_s
         self.n = 0
+        self.first_ts: float | None = None
         self.last_ts: float | None = None
         self.s0 = self.st = self.sv = self.stt = self.stv = 0.0
 
@@ -42,6 +43,8 @@ class TrendFit:
             self.s0, self.sv = s0, sv
         if last is None or ts > last:
             self.last_ts = ts
+        if self.first_ts is None:
+            self.first_ts = ts
         self.n += 1
         self.s0 += 1.0
         self.sv += value
@@ -57,11 +60,19 @@ class TrendFit:
         """The line's value now (at the last sample's time)."""
         return (self.sv - slope * self.st) / self.s0
 
+    @property
+    def span_s(self) -> float:
+        """Seconds between the first and the last sample fitted."""
+        if self.first_ts is None or self.last_ts is None:
+            return 0.0
+        return self.last_ts - self.first_ts
+
     def state(self) -> list[Any]:
-        return [self.n, self.last_ts, self.s0, self.st, self.sv, self.stt, self.stv]
+        return [self.n, self.last_ts, self.s0, self.st, self.sv, self.stt, self.stv, self.first_ts]
 
     def load(self, s: list[Any]) -> None:
-        self.n, self.last_ts, self.s0, self.st, self.sv, self.stt, self.stv = s
+        self.n, self.last_ts, self.s0, self.st, self.sv, self.stt, self.stv = s[:7]
+        self.first_ts = s[7] if len(s) > 7 else self.last_ts
 
 
 class _TrendRule(Threshold):
@@ -73,6 +84,7 @@ class _TrendRule(Threshold):
         self.quantities = (rule.quantity,)
         self.fit = TrendFit(rule.tau_s)
         self.min_n = rule.min_samples
+        self.min_span = rule.tau_s if rule.min_span_s is None else rule.min_span_s
         self.sample = math.nan
         self.rate = 0.0
         self.extra: dict[str, Any] = {}
@@ -81,7 +93,7 @@ class _TrendRule(Threshold):
         self.fit.add(ts, value)
         self.sample = value
         slope = self.fit.slope()
-        if slope is None or self.fit.n < self.min_n:
+        if slope is None or self.fit.n < self.min_n or self.fit.span_s < self.min_span:
             return
         self.rate = slope
         self.step(self.measure(slope), ts, out)

@@ -135,3 +135,25 @@ def test_a_late_sample_does_not_run_time_backwards():
     out = e.observe(Sample("s1", "temperature", 9.0, "Cel", T0 + 100))  # late, out of order
     assert out == []
     assert states(feed(e, [(600, 9.0)])) == [("tor", "raised", 600.0)]
+
+
+def test_time_to_breach_is_not_fooled_by_seconds_of_sensor_noise_at_start():
+    """A probe sampled every second with ±0.05 °C noise: a slope fitted over a few seconds
+    projected 30 min ahead would 'breach'; the trend is trusted only after min_span_s."""
+    import random
+
+    rng = random.Random(3)
+    e = engine({"ttb": {"type": "time_to_breach", "op": "above", "limit": 8.0, "horizon_s": 1800.0,
+                        "tau_s": 300.0}})
+    out = feed(e, [(t, 5.0 + rng.gauss(0.0, 0.05)) for t in range(3600)])
+    assert out == []
+
+
+def test_time_to_breach_still_warns_on_a_real_ramp_once_enough_data_is_in():
+    e = engine({"ttb": {"type": "time_to_breach", "op": "above", "limit": 8.0, "horizon_s": 1800.0,
+                        "tau_s": 300.0}})
+    # flat for 10 min, then +0.1 °C/min: 8 °C is reached 30 min into the ramp
+    points = [(t, 5.0) for t in range(0, 600, 10)] + [(600 + t, 5.0 + 0.1 * t / 60) for t in range(0, 1800, 10)]
+    out = feed(e, points)
+    raised = [c for c in out if c["state"] == "raised"]
+    assert raised and raised[0]["ts"] - T0 < 600 + 1800  # warned before the value got there
