@@ -57,7 +57,7 @@ from agent.store import Store
 from agent.sync import Syncer
 from agent.timebase import Clock, rfc3339
 from drivers import registry
-from drivers.base import Driver, Reading
+from drivers.base import Driver, Reading, wait_event
 
 log = logging.getLogger("coldgate")
 
@@ -69,6 +69,10 @@ MAX_BUFFER = 200_000
 STATUS_EVERY_S = 2.0
 CLOCK_CHECK_EVERY_S = 2.0
 CLOCK_STEP_THRESHOLD_S = 2.0
+#: The rule state is committed at least this often while every sensor is in range.
+STATE_EVERY_S = 10.0
+#: How long a stopping agent may spend sending what is pending.
+FINAL_SYNC_S = 3.0
 
 
 def status_path(store_path: Path) -> Path:
@@ -147,6 +151,8 @@ class Agent:
         self.started_at = time.time()
         self._actions: set[asyncio.Task[None]] = set()
         self._corrected_upto = 0  # unsynced records up to this seq have had their clock_step
+        self._state_saved_at = 0.0
+        self._out_of_range: frozenset[str] = frozenset()
         self.ingest = Ingest(config, self.clock)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -180,10 +186,16 @@ class Agent:
             await self._stop.wait()
             log.info("stopping: committing what is held")
             await self._stop_drivers()
-            for t in tasks:
+            sync_task, others = tasks[1], [tasks[0], tasks[2]]
+            for t in others:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*others, return_exceptions=True)
+            self._state_saved_at = -STATE_EVERY_S  # the last commit carries the state
+            self.ingest.event("agent_stopped", {"reason": "signal"})
             await self.flush()
+            await self._final_sync()
+            sync_task.cancel()
+            await asyncio.gather(sync_task, return_exceptions=True)
             await self._write_status()
             return 0
         finally:
@@ -241,11 +253,14 @@ class Agent:
     def _on_alarm(self, alarm: dict[str, Any]) -> None:
         self._flush_now.set()
         self._sync_now.set()
-        action = getattr(self.config.rules, "action", None)
-        if action is not None and getattr(action, "command", None):
+        if self.engine is not None and self.engine.wants_action(alarm):
             from agent.rules.actions import run_action
 
-            task = asyncio.get_running_loop().create_task(run_action(action.command, alarm, action.timeout_s))
+            action = self.config.rules.action
+            record = {k: (rfc3339(v) if k in ("ts", "started_at") and isinstance(v, (int, float)) else v)
+                      for k, v in alarm.items() if k not in ("mono_ns", "boot_id")}
+            record["gateway_id"] = self.config.gateway_id
+            task = asyncio.get_running_loop().create_task(run_action(action.command, record, action.timeout_s))
             self._actions.add(task)
             task.add_done_callback(self._actions.discard)
 
@@ -324,8 +339,7 @@ class Agent:
     # -- writer ------------------------------------------------------------------------
     async def _writer_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), timeout=self.config.store.commit_interval_s)
+            await wait_event(self._flush_now, self.config.store.commit_interval_s)
             self._flush_now.clear()
             await self.flush()
 
@@ -338,7 +352,7 @@ class Agent:
             return
         if self._lost:
             items.append(self._loss_event())
-        state = {"rules": self.engine.snapshot()} if self.engine is not None else None
+        state = {"rules": self.engine.snapshot()} if self._state_due(items) else None
         store = self.store
         try:
             await self._in_writer(lambda: store.append(items, state=state))
@@ -348,11 +362,30 @@ class Agent:
             self._store_error = str(exc)
             self._keep_for_retry(items)
             return
+        if state is not None:
+            self._state_saved_at = time.monotonic()
         if self._store_error is not None:
             log.warning("store writable again")
             self._store_error = None
         if any(i["type"] != "reading" for i in items):
             self._sync_now.set()
+
+    def _state_due(self, items: list[dict[str, Any]]) -> bool:
+        """Whether this commit carries the rule engine's state.
+
+        Always when it holds an alarm change (so an alarm is never raised twice after a
+        crash), while any sensor is out of range or one just came back (so an excursion
+        and its budget are timed exactly across a crash), and otherwise every
+        ``STATE_EVERY_S``: in range, a stale snapshot only re-weighs the last seconds,
+        and the engine holds the last value across the gap. Saves most of the writes.
+        """
+        if self.engine is None:
+            return False
+        out = frozenset(sid for sid in self.ingest.last_seen if self.engine.out_of_range(sid))
+        changed = out != self._out_of_range
+        self._out_of_range = out
+        return (changed or bool(out) or any(i["type"] == "alarm" for i in items)
+                or time.monotonic() - self._state_saved_at >= STATE_EVERY_S)
 
     def _keep_for_retry(self, items: list[dict[str, Any]]) -> None:
         items = [i for i in items if not (i["type"] == "event" and i.get("event") == "data_loss")]
@@ -390,16 +423,29 @@ class Agent:
                 nxt = self.syncer.state.next_retry_at
                 if nxt is not None:
                     wait = max(0.0, nxt - time.time())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._sync_now.wait(), timeout=wait)
+                await wait_event(self._sync_now, wait)
                 self._sync_now.clear()
                 if not self.syncer.due():
                     continue
                 await _in_daemon_thread(self.syncer.sync_once)
         finally:
-            self.syncer.close()
-            with contextlib.suppress(Exception):
-                sync_store.conn.close()
+            # A sync pass may still run on its daemon thread (a slow server): closing its
+            # connection under it would crash SQLite, so it is left to the process exit.
+            if not self.syncer.busy:
+                self.syncer.close()
+                with contextlib.suppress(Exception):
+                    sync_store.conn.close()
+
+    async def _final_sync(self) -> None:
+        """On the way out, send what is pending if the uplink answers at once (bounded)."""
+        syncer = self.syncer
+        if syncer is None or self.config.uplink.url is None or not syncer.due():
+            return
+        try:
+            async with asyncio.timeout(FINAL_SYNC_S):
+                await _in_daemon_thread(lambda: syncer.sync_once(max_batches=20))
+        except TimeoutError:
+            log.info("final sync did not finish within %.0f s; the rest goes at the next start", FINAL_SYNC_S)
 
     # -- housekeeping ------------------------------------------------------------------
     async def _housekeeping_loop(self) -> None:
@@ -549,9 +595,11 @@ async def _in_daemon_thread(fn: Callable[[], T]) -> T:
         try:
             result = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            loop.call_soon_threadsafe(_set_exception, fut, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_set_exception, fut, exc)
         else:
-            loop.call_soon_threadsafe(_set_result, fut, result)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_set_result, fut, result)
 
     threading.Thread(target=target, daemon=True, name="coldgate-sync").start()
     return await fut

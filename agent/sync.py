@@ -188,6 +188,11 @@ class Syncer:
         if self._uplink is not None:
             self._uplink.close()
 
+    @property
+    def busy(self) -> bool:
+        """True while a sync pass runs (on another thread)."""
+        return self._lock.locked()
+
     def due(self, now: float | None = None) -> bool:
         nxt = self.state.next_retry_at
         return nxt is None or (time.time() if now is None else now) >= nxt

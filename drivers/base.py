@@ -220,9 +220,8 @@ class Driver(abc.ABC):
                 self.status.restarts += 1
                 self.status.state = "backoff"
                 self.status.next_retry_at = time.time() + delay
-                with contextlib.suppress(TimeoutError):
-                    assert self._stopping is not None
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                assert self._stopping is not None
+                await wait_event(self._stopping, delay)
             finally:
                 if opened:
                     with contextlib.suppress(Exception):
@@ -249,6 +248,20 @@ class Driver(abc.ABC):
             "driver_error",
             {"driver": self.name, "type": self.type_name, "error": kind, "message": msg, "phase": "read" if opened else "open"},
         )
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; True if it was set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that arrives
+    as the event is set, and a cancelled task would then loop on for ever.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _has_loop() -> bool:

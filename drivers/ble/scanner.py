@@ -188,7 +188,8 @@ class BleDriver(Driver):
         wait = min(timeout, self._last_adv_mono + silence - time.monotonic())
         try:
             if wait > 0:
-                out.extend(await asyncio.wait_for(self._queue.get(), wait))
+                async with asyncio.timeout(wait):  # not wait_for: see drivers.base.wait_event
+                    out.extend(await self._queue.get())
             else:
                 await asyncio.sleep(0)  # always yield: a read must never spin the loop
             while True:

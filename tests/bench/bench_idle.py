@@ -27,6 +27,8 @@ async def run(seconds: float, folder: Path) -> dict[str, float]:
     cfg_path = folder / "bench.toml"
     sensors = ", ".join(f'{{ id = "p{i:03d}", interval_s = 10, humidity = {{}}, noise = 0.05 }}' for i in range(100))
     sensors = sensors.replace("humidity = {}, ", "")
+    # every sensor judged by the 2-8C preset, as on a real shipper
+    profiles = "\n".join(f'[[sensors]]\nid = "p{i:03d}"\nprofile = "2-8C"' for i in range(100))
     cfg_path.write_text(f"""
 gateway_id = "bench"
 [store]
@@ -40,6 +42,7 @@ name = "sim"
 type = "sim"
 speed = 1
 sensors = [{sensors}]
+{profiles}
 """)
     agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
     task = asyncio.create_task(agent.run())
