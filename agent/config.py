@@ -341,28 +341,47 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``loc``: the path is walked through models, lists, dicts and
+    discriminated unions (whose tag, e.g. a rule's ``type``, stands in the path)."""
     current: Any = model
     for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        current = _step(current, part)
+        if current is None:
             return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+    model_cls = _model_in(current)
+    return list(model_cls.model_fields) if model_cls is not None else []
+
+
+def _step(annotation: Any, part: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _step(args[0], part)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        return None if field is None else field.annotation
+    if origin in (list, tuple, set, frozenset):
+        return args[0] if args else None
+    if origin is dict:
+        return args[1] if len(args) == 2 else None
+    if origin is typing.Union or isinstance(annotation, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        for m in members:  # a discriminated union: the tag names the member
+            if isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields:
+                if part in typing.get_args(m.model_fields["type"].annotation):
+                    return m
+        for m in members:  # an optional container or model: step into it
+            nxt = _step(m, part)
+            if nxt is not None:
+                return nxt
+    return None
 
 
 def _model_in(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    origin = typing.get_origin(annotation)
-    if origin is not None or isinstance(annotation, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
     return None

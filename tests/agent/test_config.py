@@ -136,3 +136,12 @@ def test_config_apply_refuses_an_invalid_file_and_leaves_the_live_one(tmp_path: 
     good.write_text('gateway_id = "gw2"\n')
     assert main(["config", "apply", str(good), "--config", str(live)]) == 0
     assert live.read_text() == 'gateway_id = "gw2"\n'
+
+
+def test_a_misspelt_key_inside_a_rule_profile_gets_a_did_you_mean() -> None:
+    text = ('gateway_id = "gw"\n[rules.profiles.v]\nextends = "2-8C"\n'
+            '[rules.profiles.v.rules.high]\ndelay_ss = 600.0\n')
+    with pytest.raises(ConfigError) as err:
+        config.loads(text)
+    (problem,) = err.value.problems
+    assert problem.path.endswith("rules.high.above.delay_ss") and problem.hint == "did you mean 'delay_s'?"
