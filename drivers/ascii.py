@@ -31,10 +31,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from drivers.base import Driver, Options, Reading
+from drivers.base import Options, Reading
 from drivers.checksums import ChecksumError, crc16_xmodem, nmea_xor
 from drivers.exc import DecodeError
-from drivers.serialport import LineReader, SerialOptions, open_port
+from drivers.serialport import LineDriver, SerialOptions
 
 
 class AsciiField(Options):
@@ -198,7 +198,7 @@ def parse_line(line: str, fmt: LineFormat, bad_values: list[str] | None = None) 
     return out
 
 
-class AsciiDriver(Driver):
+class AsciiDriver(LineDriver):
     """An instrument streaming text lines (see the module docstring)."""
 
     type_name = "ascii"
@@ -208,13 +208,6 @@ class AsciiDriver(Driver):
     def __init__(self, name: str, options: AsciiOptions) -> None:
         super().__init__(name, options)
         self.format = compile_format(options)
-        self._port: Any = None
-        self._lines: LineReader | None = None
-        self.status.details["port"] = options.port
-
-    def _open(self) -> None:
-        self._port = open_port(self.options, timeout=self.read_timeout_s, driver=self.name)
-        self._lines = LineReader(self._port, self.options.max_line, self.status.counters, self.options.port)
 
     def _read(self, timeout: float) -> Iterable[Reading]:
         assert self._lines is not None
@@ -223,26 +216,8 @@ class AsciiDriver(Driver):
         bad: list[str] = []
         for raw in self._lines.read_lines(timeout):
             counters["lines"] += 1
-            try:
-                out += parse_line(raw.decode("ascii"), self.format, bad)
-            except UnicodeDecodeError:
-                counters["garbage"] += 1
-                self.noisy.warning("garbage", "%s: non-ASCII bytes (wrong baud rate?): %r", self.name, raw[:40])
-            except ChecksumError as exc:
-                counters["checksum_errors"] += 1
-                self.noisy.warning("checksum", "%s: %s: %r", self.name, exc, raw[:60])
-            except DecodeError as exc:
-                counters["garbage"] += 1
-                self.noisy.warning("garbage", "%s: %s", self.name, exc)
+            out += self._decode(raw, lambda line: parse_line(line, self.format, bad)) or []
         if bad:
             counters["bad_values"] += len(bad)
             self.noisy.warning("bad_values", "%s: values that are not numbers: %s", self.name, "; ".join(bad[:3]))
         return out
-
-    def _close(self) -> None:
-        port, self._port, self._lines = self._port, None, None
-        if port is not None:
-            try:
-                port.close()
-            except Exception as exc:  # noqa: BLE001 - a vanished device may fail to close
-                self.log.debug("%s: close failed: %s", self.name, exc)

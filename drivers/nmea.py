@@ -38,10 +38,10 @@ from typing import Annotated, Any
 import pynmea2
 from pydantic import Field
 
-from drivers.base import Driver, Reading
+from drivers.base import Reading
 from drivers.checksums import ChecksumError, nmea_xor
 from drivers.exc import DecodeError
-from drivers.serialport import LineReader, SerialOptions, open_port
+from drivers.serialport import LineDriver, SerialOptions
 
 KNOT_MPS = 0.514444
 DEFAULT_TALKERS = ("GP", "GN", "GL", "GA", "GB")
@@ -370,7 +370,7 @@ class NmeaOptions(SerialOptions):
     max_line: int = Field(default=1024, ge=82, le=65536, description="longer lines are counted and dropped")
 
 
-class NmeaDriver(Driver):
+class NmeaDriver(LineDriver):
     """An NMEA 0183 receiver on a serial port (see the module docstring)."""
 
     type_name = "nmea"
@@ -381,13 +381,9 @@ class NmeaDriver(Driver):
         super().__init__(name, options)
         self.tracker = NmeaTracker(options.sensor_id, options.interval_s)
         self._talkers = frozenset(options.talkers)
-        self._port: Any = None
-        self._lines: LineReader | None = None
-        self.status.details["port"] = options.port
 
     def _open(self) -> None:
-        self._port = open_port(self.options, timeout=self.read_timeout_s, driver=self.name)
-        self._lines = LineReader(self._port, self.options.max_line, self.status.counters, self.options.port)
+        super()._open()
         self.tracker.reset()
 
     def _read(self, timeout: float) -> Iterable[Reading]:
@@ -399,32 +395,20 @@ class NmeaDriver(Driver):
         counters = self.status.counters
         for raw in lines:
             counters["lines"] += 1
-            try:
-                s = parse_sentence(
-                    raw.decode("ascii"), talkers=self._talkers, require_checksum=self.options.require_checksum
-                )
-            except UnicodeDecodeError:
-                counters["garbage"] += 1
-                self.noisy.warning(
-                    "garbage", "%s: non-ASCII bytes on the line (wrong baud rate?): %r", self.name, raw[:40]
-                )
-                continue
-            except ChecksumError as exc:
-                counters["checksum_errors"] += 1
-                self.noisy.warning("checksum", "%s: %s", self.name, exc)
-                continue
-            except DecodeError as exc:
-                counters["garbage"] += 1
-                self.noisy.warning("garbage", "%s: %s", self.name, exc)
-                continue
+            s = self._decode(raw, self._parse)
             if s is None:
-                counters["ignored"] += 1
                 continue
             counters["sentences"] += 1
             if s.invalid:
                 counters["invalid_fields"] += len(s.invalid)
             out += self.tracker.feed(s)
         return self._recorded(out)
+
+    def _parse(self, line: str) -> Any:
+        s = parse_sentence(line, talkers=self._talkers, require_checksum=self.options.require_checksum)
+        if s is None:
+            self.status.counters["ignored"] += 1
+        return s
 
     def _recorded(self, readings: list[Reading]) -> list[Reading]:
         if self.tracker.last_fix is not None:
@@ -433,10 +417,3 @@ class NmeaDriver(Driver):
             self.status.details["last_position_at"] = time.time()
         return readings
 
-    def _close(self) -> None:
-        port, self._port, self._lines = self._port, None, None
-        if port is not None:
-            try:
-                port.close()
-            except Exception as exc:  # noqa: BLE001 - a vanished device may fail to close
-                self.log.debug("%s: close failed: %s", self.name, exc)

@@ -19,16 +19,17 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import serial
 from pydantic import Field
 
-from drivers.base import Options
-from drivers.exc import DriverIOError, DriverUnavailable
+from drivers.base import Driver, Options
+from drivers.checksums import ChecksumError
+from drivers.exc import DecodeError, DriverIOError, DriverUnavailable
 
 #: Largest chunk read from the port at once (bounds memory together with ``max_line``).
 READ_CHUNK = 4096
@@ -173,6 +174,55 @@ KNOWN_USB: dict[tuple[int, int], str] = {
     (0x2C7C, 0x0125): "Quectel EC25 modem (NMEA on its GPS port)",
     (0x0E8D, 0x3329): "MediaTek GPS receiver",
 }
+
+
+T = TypeVar("T")
+
+
+class LineDriver(Driver):
+    """A driver that reads text lines from a serial port (NMEA, ASCII loggers).
+
+    It owns the port and the bounded line reader, and :meth:`_decode` counts the bad
+    lines every such driver meets: bytes that are not ASCII (a wrong baud rate), a
+    failed checksum, text that is not the format. None of them is ever fatal.
+    """
+
+    options: Any  # a SerialOptions with ``max_line``
+
+    def __init__(self, name: str, options: Any) -> None:
+        super().__init__(name, options)
+        self._port: Any = None
+        self._lines: LineReader | None = None
+        self.status.details["port"] = options.port
+
+    def _open(self) -> None:
+        self._port = open_port(self.options, timeout=self.read_timeout_s, driver=self.name)
+        self._lines = LineReader(self._port, self.options.max_line, self.status.counters, self.options.port)
+
+    def _decode(self, raw: bytes, parse: Callable[[str], T]) -> T | None:
+        """``parse(line)``, or None with the failure counted and logged at a limited rate."""
+        counters = self.status.counters
+        try:
+            return parse(raw.decode("ascii"))
+        except UnicodeDecodeError:
+            counters["garbage"] += 1
+            self.noisy.warning("garbage", "%s: non-ASCII bytes on the line (wrong baud rate?): %r", self.name,
+                               raw[:40])
+        except ChecksumError as exc:
+            counters["checksum_errors"] += 1
+            self.noisy.warning("checksum", "%s: %s: %r", self.name, exc, raw[:60])
+        except DecodeError as exc:
+            counters["garbage"] += 1
+            self.noisy.warning("garbage", "%s: %s", self.name, exc)
+        return None
+
+    def _close(self) -> None:
+        port, self._port, self._lines = self._port, None, None
+        if port is not None:
+            try:
+                port.close()
+            except Exception as exc:  # noqa: BLE001 - a vanished device may fail to close
+                self.log.debug("%s: close failed: %s", self.name, exc)
 
 
 @dataclass
