@@ -209,7 +209,7 @@ class Store:
                     self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                _rollback(self.conn)
                 raise
         self.stream_id, self.gateway_id = stream, gateway_id
         details: dict[str, Any] = {"reason": reason}
@@ -275,7 +275,7 @@ class Store:
                     seqs = self._append_locked(items, state)
                     self.conn.execute("COMMIT")
                 except BaseException:
-                    self.conn.execute("ROLLBACK")
+                    _rollback(self.conn)
                     raise
             except sqlite3.OperationalError as exc:
                 if "full" in str(exc).lower():
@@ -433,7 +433,7 @@ class Store:
                                       [(s, reason, now) for s in seqs])
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                _rollback(self.conn)
                 raise
 
     def _set_state(self, seqs: Iterable[int], state: int) -> None:
@@ -444,7 +444,7 @@ class Store:
                                       [(state, s) for s in seqs])
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                _rollback(self.conn)
                 raise
 
     def prune(self) -> int:
@@ -578,15 +578,16 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         log.info("store migrated to schema %d (%s)", version + 1, name)
 
 
-def read_only(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """A read-only connection (for diagnostics on a store another process writes)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    return conn
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open: SQLite itself rolls back on SQLITE_FULL, and a
+    second ROLLBACK would hide the real error behind "no transaction is active"."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
-__all__ = ["ACKED", "MIGRATIONS", "PENDING", "SET_ASIDE", "Store", "read_only"]
+__all__ = ["ACKED", "MIGRATIONS", "PENDING", "SET_ASIDE", "Store"]

@@ -204,3 +204,39 @@ def test_a_second_agent_on_the_same_store_is_refused_with_a_clear_message(tmp_pa
         await task
 
     asyncio.run(scenario())
+
+
+def test_a_full_disk_keeps_readings_in_memory_until_it_can_write_and_counts_any_overflow_as_data_loss(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "MAX_BUFFER", 300)
+    cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=0, extra="limit = 2000\nchunk = 50",
+                                                 sensor="p1"))
+    store_path = tmp_path / "store.db"
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
+        # the store's file may not grow: SQLite answers "database or disk is full", as on a full disk
+        task = await run_agent(agent)
+        assert agent.store is not None
+        conn = agent.store.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        await poll(lambda: agent.drivers["sim"].status.counters["readings"] >= 2000)
+        await poll(lambda: agent._store_error is not None)
+        assert "full" in agent._store_error
+        conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+        await poll(lambda: agent._store_error is None and not agent._pending_retry)
+        agent.stop()
+        await task
+        kept = records(store_path, type="reading")
+        losses = [e for e in records(store_path, type="event") if e["event"] == "data_loss"]
+        assert len(losses) == 1
+        d = losses[0]["details"]
+        assert d["reason"] == "store_unwritable" and "full" in d["error"]
+        # every reading is either stored or counted, none vanished silently
+        assert len(kept) + d["count"] == 2000 and d["sensors"] == {"p1": d["count"]}
+        assert d["count"] > 0
+
+    asyncio.run(scenario())
