@@ -139,6 +139,7 @@ class Agent:
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._flush_now = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._sync_now = asyncio.Event()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="coldgate-store")
         self._pending_retry: list[dict[str, Any]] = []
@@ -186,10 +187,10 @@ class Agent:
             await self._stop.wait()
             log.info("stopping: committing what is held")
             await self._stop_drivers()
-            sync_task, others = tasks[1], [tasks[0], tasks[2]]
-            for t in others:
-                t.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
+            writer, sync_task, housekeeping = tasks
+            housekeeping.cancel()
+            self._flush_now.set()  # the writer sees the stop, commits and returns
+            await asyncio.gather(writer, housekeeping, return_exceptions=True)
             self._state_saved_at = -STATE_EVERY_S  # the last commit carries the state
             self.ingest.event("agent_stopped", {"reason": "signal"})
             await self.flush()
@@ -338,13 +339,23 @@ class Agent:
 
     # -- writer ------------------------------------------------------------------------
     async def _writer_loop(self) -> None:
-        while True:
+        # Not cancelled at shutdown: it returns after its last commit, so that a commit is
+        # never abandoned half-way with its records' fate unknown.
+        while not self._stop.is_set():
             await wait_event(self._flush_now, self.config.store.commit_interval_s)
             self._flush_now.clear()
             await self.flush()
 
     async def flush(self) -> None:
-        """Commit everything buffered, with the rule state, in one transaction."""
+        """Commit everything buffered, with the rule state, in one transaction.
+
+        Flushes never overlap: a second one waits for the first, so "flushed" means
+        committed (or kept for retry), whoever asked.
+        """
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         assert self.store is not None
         items = self._pending_retry + self.ingest.take()
         self._pending_retry = []
@@ -515,7 +526,7 @@ class Agent:
             if item.get("time_quality") == "unsynced" and item.get("mono_ns") is not None:
                 item["ts"] = rel_now + item["mono_ns"] / 1e9
                 item["time_quality"] = "corrected"
-        await self.flush()
+        await asyncio.shield(self.flush())  # housekeeping may be cancelled; a commit may not
         store = self.store
         assert store is not None
         after = self._corrected_upto
