@@ -425,7 +425,8 @@ class Agent:
     # -- sync --------------------------------------------------------------------------
     async def _sync_loop(self) -> None:
         cfg = self.config
-        sync_store = await _in_daemon_thread(lambda: Store.open(
+        # opened on the writer's thread (joined at exit), never on a daemon thread
+        sync_store = await self._in_writer(lambda: Store.open(
             cfg.store.path, gateway_id=cfg.gateway_id, keep_acked=cfg.store.keep_acked, check=False, create=False))
         self.syncer = Syncer(sync_store, cfg.uplink, self.store.gateway_id if self.store else cfg.gateway_id)
         try:
@@ -440,12 +441,12 @@ class Agent:
                     continue
                 await _in_daemon_thread(self.syncer.sync_once)
         finally:
-            # A sync pass may still run on its daemon thread (a slow server): closing its
-            # connection under it would crash SQLite, so it is left to the process exit.
+            # A sync pass may still run on its daemon thread (a slow server). Store.close
+            # waits for any statement in progress, so the connection is never closed under
+            # one; a late acknowledgement then fails, and the batch is re-sent next time.
+            sync_store.close(sidecar=False)
             if not self.syncer.busy:
                 self.syncer.close()
-                with contextlib.suppress(Exception):
-                    sync_store.conn.close()
 
     async def _final_sync(self) -> None:
         """On the way out, send what is pending if the uplink answers at once (bounded)."""
@@ -624,6 +625,11 @@ def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
 def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+def sync_threads_alive() -> bool:
+    """Whether a sync pass is still running on its daemon thread (a hung server)."""
+    return any(t.name == "coldgate-sync" and t.is_alive() for t in threading.enumerate())
 
 
 def setup_logging(level: str = "info") -> None:

@@ -232,12 +232,14 @@ class Store:
         tmp.write_text(json.dumps({"stream": self.stream_id, "last_seq": self.head()[0]}))
         os.replace(tmp, self.sidecar)
 
-    def close(self) -> None:
+    def close(self, *, sidecar: bool = True) -> None:
+        """Close, after any statement in progress on another thread (never under it)."""
         with self._lock:
-            try:
-                self.write_sidecar()
-            except (OSError, sqlite3.Error):
-                pass
+            if sidecar:
+                try:
+                    self.write_sidecar()
+                except (OSError, sqlite3.Error):
+                    pass
             self.conn.close()
 
     def __enter__(self) -> Store:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent import config
-    from agent.daemon import Agent, setup_logging
+    from agent.daemon import Agent, setup_logging, sync_threads_alive
     from agent.exc import ConfigError
 
     path = Path(args.config)
@@ -33,4 +35,13 @@ def run(args: argparse.Namespace) -> int:
         print(exc.report(), file=sys.stderr)
         return EX_CONFIG
     setup_logging(args.log_level or ("debug" if args.verbose else cfg.log_level))
-    return asyncio.run(Agent(cfg, config_path=path).run())
+    code = asyncio.run(Agent(cfg, config_path=path).run())
+    if sync_threads_alive():
+        # Everything is committed and the store is closed; a request still hanging on its
+        # daemon thread must not hold the exit up, nor run while the interpreter unloads
+        # the modules under it.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

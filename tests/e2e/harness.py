@@ -146,8 +146,8 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         logf = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.config)],
-                                         stdout=logf, stderr=logf)
+            self.proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "agent", "run",
+                                          "--config", str(self.config)], stdout=logf, stderr=logf)
         finally:
             logf.close()
         proc = self.proc
