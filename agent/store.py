@@ -108,6 +108,8 @@ class Store:
         self.stream_id: str = self._meta("stream_id") or ""
         self.gateway_id: str = self._meta("gateway_id") or ""
         self._refusing = False
+        #: opened to read (diagnostics, the sync thread): never writes the side file
+        self.reader = False
         self._lost: dict[str, Any] = {}
         self._last_loss_event = 0.0
 
@@ -141,6 +143,7 @@ class Store:
             reason = "corrupt"
             conn = cls._connect(p, check=False)
         store = cls(conn, p, quota_bytes=quota_bytes, reserve_pct=reserve_pct, keep_acked=keep_acked)
+        store.reader = not create
         if not store.stream_id and not create:
             conn.close()
             raise StoreError(f"store {p} is being created; try again in a moment")
@@ -228,14 +231,17 @@ class Store:
 
     def write_sidecar(self) -> None:
         """Remember stream id and head seq beside the database (for the next stream_started)."""
-        tmp = self.sidecar.with_suffix(".tmp")
+        tmp = self.sidecar.with_name(f"{self.sidecar.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({"stream": self.stream_id, "last_seq": self.head()[0]}))
         os.replace(tmp, self.sidecar)
 
-    def close(self, *, sidecar: bool = True) -> None:
-        """Close, after any statement in progress on another thread (never under it)."""
+    def close(self, *, sidecar: bool | None = None) -> None:
+        """Close, after any statement in progress on another thread (never under it).
+
+        The side file is written by the store's owner, not by readers (``create=False``).
+        """
         with self._lock:
-            if sidecar:
+            if sidecar if sidecar is not None else not self.reader:
                 try:
                     self.write_sidecar()
                 except (OSError, sqlite3.Error):
