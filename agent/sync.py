@@ -99,12 +99,16 @@ class Uplink:
             token = check_secret_file(config.token_file, "uplink.token_file")
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        # Passed with every request, not set on the session: requests lets REQUESTS_CA_BUNDLE
+        # and CURL_CA_BUNDLE override a session's verify, and the configured CA must win.
+        self._verify: bool | str = True
         if not config.verify_tls:
-            self.session.verify = False
+            self._verify = False
         elif config.ca_bundle is not None:
-            self.session.verify = str(config.ca_bundle)
+            self._verify = str(config.ca_bundle)
+        self._cert: tuple[str, str] | None = None
         if config.client_cert is not None and config.client_key is not None:
-            self.session.cert = (str(config.client_cert), str(config.client_key))
+            self._cert = (str(config.client_cert), str(config.client_key))
 
     def close(self) -> None:
         self.session.close()
@@ -123,10 +127,10 @@ class Uplink:
             payload = gzip.compress(payload, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
         try:
-            resp = self.session.post(self.url, data=payload, headers=headers,
+            resp = self.session.post(self.url, data=payload, headers=headers, verify=self._verify, cert=self._cert,
                                      timeout=(self.config.connect_timeout_s, self.config.read_timeout_s))
         except requests.exceptions.SSLError as exc:
-            raise SyncTransient(f"TLS failure talking to {self.config.masked_url()}: {exc}") from exc
+            raise SyncTransient(f"TLS failure talking to {self.config.masked_url()}: {_tls_reason(exc)}") from exc
         except requests.exceptions.Timeout as exc:
             raise SyncTransient(f"timeout after {self.config.read_timeout_s:g} s") from exc
         except requests.exceptions.ConnectionError as exc:
@@ -149,6 +153,16 @@ class Uplink:
             raise SyncError(f"batch {first}-{last} too large: HTTP 413", status=413)
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         raise SyncTransient(f"HTTP {status}: {text}", status=status, retry_after=retry_after)
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """The TLS library's own words ("certificate verify failed: …"), without the wrapping."""
+    text = str(exc)
+    for marker in ("certificate verify failed", "SSLV3_ALERT", "TLSV1_ALERT", "alert", "wrong version number"):
+        i = text.find(marker)
+        if i >= 0:
+            return text[i:].split(" (_ssl.c")[0].rstrip("')\"")
+    return _root_cause(exc)
 
 
 def _root_cause(exc: BaseException) -> str:
