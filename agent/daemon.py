@@ -258,10 +258,12 @@ class Agent:
             from agent.rules.actions import run_action
 
             action = self.config.rules.action
+            command = action.command
+            assert command is not None  # wants_action() checked it
             record = {k: (rfc3339(v) if k in ("ts", "started_at") and isinstance(v, (int, float)) else v)
                       for k, v in alarm.items() if k not in ("mono_ns", "boot_id")}
             record["gateway_id"] = self.config.gateway_id
-            task = asyncio.get_running_loop().create_task(run_action(action.command, record, action.timeout_s))
+            task = asyncio.get_running_loop().create_task(run_action(command, record, action.timeout_s))
             self._actions.add(task)
             task.add_done_callback(self._actions.discard)
 

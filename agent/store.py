@@ -296,7 +296,7 @@ class Store:
         head_hash = self._meta("head_hash") or ZERO_HASH
         stream = self.stream_id
         rows = []
-        latest: dict[tuple[str, str], tuple[int, float, float, str]] = {}
+        latest: dict[tuple[str | None, str | None], tuple[int, float, float, str]] = {}
         for item in items:
             head_seq += 1
             rtype = item["type"]
@@ -473,7 +473,8 @@ class Store:
 
         ``with_state`` adds the local ``_state`` (pending, acked, set_aside).
         """
-        where, args = ["1=1"], []
+        where: list[str] = ["1=1"]
+        args: list[Any] = []
         if type is not None:
             where.append("type = ?")
             args.append(type)

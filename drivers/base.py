@@ -71,6 +71,9 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_Options = Options  # inside Driver, ``Options`` names the class variable
+
+
 @dataclass
 class DriverStatus:
     """What ``coldgate status`` shows of one driver."""
@@ -140,7 +143,7 @@ class Driver(abc.ABC):
     backoff_base_s: ClassVar[float] = 1.0
     backoff_cap_s: ClassVar[float] = 60.0
 
-    def __init__(self, name: str, options: Options) -> None:
+    def __init__(self, name: str, options: _Options) -> None:
         self.name = name
         self.options = options
         self.status = DriverStatus()

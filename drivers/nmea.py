@@ -27,6 +27,7 @@ time goes into ``extra["gps_time"]`` (a cold-starting receiver reports 1980).
 
 from __future__ import annotations
 
+import builtins
 import math
 import re
 import time
@@ -200,7 +201,7 @@ class _Fields:
             raise ValueError(f"date {s!r}")
         return s
 
-    def coord(self, name: str, hemi_name: str, max_deg: int) -> float | None:
+    def coord(self, name: str, hemi_name: str, max_deg: builtins.int) -> builtins.float | None:
         """ddmm.mmmm / dddmm.mmmm plus N/S/E/W -> signed decimal degrees."""
         s, hemi = self.raw(name), self.raw(hemi_name).upper()
         if not s:

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import serial
 from pydantic import Field
@@ -33,6 +33,11 @@ from drivers.exc import DecodeError, DriverIOError, DriverUnavailable
 
 #: Largest chunk read from the port at once (bounds memory together with ``max_line``).
 READ_CHUNK = 4096
+
+if TYPE_CHECKING:
+    StopBits = float  # a Literal cannot hold the float 1.5 (PEP 586)
+else:
+    StopBits = Literal[1, 1.5, 2]  # what pydantic validates
 
 
 class SerialOptions(Options):
@@ -45,7 +50,7 @@ class SerialOptions(Options):
     baudrate: int = Field(default=9600, gt=0, le=4_000_000)
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["N", "E", "O", "M", "S"] = "N"
-    stopbits: Literal[1, 1.5, 2] = 1
+    stopbits: StopBits = 1
 
 
 def open_port(opts: SerialOptions, *, timeout: float | None = 1.0, driver: str | None = None) -> serial.SerialBase:

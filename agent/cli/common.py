@@ -22,7 +22,7 @@ def add_config_arg(p: argparse.ArgumentParser, *, required: bool = False) -> Non
     )
 
 
-def add_json_arg(p: argparse.ArgumentParser) -> None:
+def add_json_arg(p: argparse._ActionsContainer) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 

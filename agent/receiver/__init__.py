@@ -183,7 +183,7 @@ class Receiver:
         """Serve until SIGTERM or SIGINT (or :class:`KeyboardInterrupt`), then close cleanly."""
         server = self.make_server(host, port)
         stop = threading.Event()
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
 
             def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -39,6 +39,7 @@ class ReceiverHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = True
+    server_address: tuple[str, int]  # AF_INET, bound: getsockname() gives (host, port)
 
     def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
         self.receiver = receiver

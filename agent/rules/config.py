@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Severity = Literal["warning", "alarm"]
+AlarmState = Literal["raised", "cleared", "acknowledged"]
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -222,6 +223,10 @@ class Profile(_Model):
         return {name: r for name, r in self.rules.items() if r.enabled}
 
 
+def _on_raised() -> list[AlarmState]:
+    return ["raised"]
+
+
 class ActionConfig(_Model):
     """``[rules.action]``: a local command run with each alarm change as JSON on stdin."""
 
@@ -229,8 +234,8 @@ class ActionConfig(_Model):
         default=None, description="argv list, or a string run by /bin/sh; unset = no action"
     )
     timeout_s: float = Field(default=10.0, gt=0, le=600, description="the command is killed after this, s")
-    on: list[Literal["raised", "cleared", "acknowledged"]] = Field(
-        default_factory=lambda: ["raised"], description="alarm states that run the command"
+    on: list[AlarmState] = Field(
+        default_factory=_on_raised, description="alarm states that run the command"
     )
     min_severity: Severity = Field(default="warning", description="alarm = run for alarms only")
 

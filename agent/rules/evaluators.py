@@ -72,7 +72,7 @@ class Threshold(Evaluator):
 
     timed = True
     limit_kind = True
-    _STATE = ("since", "raised", "value", "peak")
+    _STATE: tuple[str, ...] = ("since", "raised", "value", "peak")
 
     def __init__(self, name: str, rule: Any) -> None:
         super().__init__(name, rule)
@@ -127,8 +127,10 @@ class Threshold(Evaluator):
             self._raise(ts, out)
 
     def _raise(self, ts: float, out: Out) -> None:
+        since = self.since
+        assert since is not None  # only called inside an excursion
         self.raised = True
-        out.append((self, "raise", ts, self.since, self._figures(ts)))
+        out.append((self, "raise", ts, since, self._figures(ts)))
 
     def _figures(self, ts: float) -> dict[str, Any]:
         return {"value": self.value, "peak": self.peak, "duration_s": ts - (self.since or ts),
@@ -224,7 +226,8 @@ class Tilt(Above):
         self.mask |= 1 << i
         if self.mask == 7:  # a whole vector: components of one instant arrive one by one
             self.mask = 0
-            angle = tilt_deg(*self.acc, self.up)
+            ax, ay, az = self.acc
+            angle = tilt_deg(ax, ay, az, self.up)
             if angle is not None:
                 self.step(angle, ts, out)
 
@@ -334,9 +337,11 @@ class Budget(Evaluator):
     def _advance_window(self, last: float, now: float, out: Out) -> None:
         # spent(t) is piecewise linear; its kinks are where the window's start crosses an
         # interval edge. Walk them to stamp a raise or clear at its exact moment.
+        window = self.window
+        assert window is not None  # rolling budgets only
         if (self.out and not self.raised) or (self.raised and not self.out):
-            points = sorted({e + self.window for iv in self.intervals for e in iv if last < e + self.window < now}
-                            | ({last + self.window} if self.out and last < last + self.window < now else set()))
+            points = sorted({e + window for iv in self.intervals for e in iv if last < e + window < now}
+                            | ({last + window} if self.out and last < last + window < now else set()))
             t0, s0 = last, self.spent_at(last)
             for t1 in (*points, now):
                 s1 = self.spent_at(t1)
@@ -355,7 +360,7 @@ class Budget(Evaluator):
             if len(self.intervals) > MAX_INTERVALS:
                 first = self.intervals.popleft()
                 self.intervals[0][0] = first[0]
-        ws = now - self.window
+        ws = now - window
         while self.intervals and self.intervals[0][1] <= ws:
             self.intervals.popleft()
         if self.intervals and self.intervals[0][0] < ws:
