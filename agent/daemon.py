@@ -67,6 +67,7 @@ T = TypeVar("T")
 #: oldest readings are dropped and counted in a data_loss event.
 MAX_BUFFER = 200_000
 STATUS_EVERY_S = 2.0
+STORE_STATS_EVERY_S = 10.0
 CLOCK_CHECK_EVERY_S = 2.0
 CLOCK_STEP_THRESHOLD_S = 2.0
 #: The rule state is committed at least this often while every sensor is in range.
@@ -122,6 +123,9 @@ class _DriverSink:
     def reading(self, reading: Reading) -> None:
         self.agent.ingest.reading(reading, driver=self.name)
 
+    def reading_batch(self, batch: list[Reading]) -> None:
+        self.agent.ingest.readings(batch, driver=self.name)
+
     def driver_event(self, driver: str, event: str, details: Mapping[str, Any]) -> None:
         self.agent.ingest.event(event, {"driver": driver, **details})
 
@@ -140,6 +144,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._flush_lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()
         self._sync_now = asyncio.Event()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="coldgate-store")
         self._pending_retry: list[dict[str, Any]] = []
@@ -150,9 +155,10 @@ class Agent:
         self.engine: Any = None
         self.syncer: Syncer | None = None
         self.started_at = time.time()
-        self._actions: set[asyncio.Task[None]] = set()
+        self._actions: set[asyncio.Task[Any]] = set()
         self._corrected_upto = 0  # unsynced records up to this seq have had their clock_step
         self._state_saved_at = 0.0
+        self._stats_at = -STORE_STATS_EVERY_S
         self._out_of_range: frozenset[str] = frozenset()
         self.ingest = Ingest(config, self.clock)
 
@@ -192,11 +198,13 @@ class Agent:
             self._flush_now.set()  # the writer sees the stop, commits and returns
             await asyncio.gather(writer, housekeeping, return_exceptions=True)
             self._state_saved_at = -STATE_EVERY_S  # the last commit carries the state
+            self.ingest.report_invalid()
             self.ingest.event("agent_stopped", {"reason": "signal"})
             await self.flush()
             await self._final_sync()
             sync_task.cancel()
             await asyncio.gather(sync_task, return_exceptions=True)
+            self._stats_at = -STORE_STATS_EVERY_S
             await self._write_status()
             return 0
         finally:
@@ -214,7 +222,9 @@ class Agent:
         self._sync_now.set()
 
     def request_reload(self) -> None:
-        asyncio.get_running_loop().create_task(self.reload())
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._actions.add(task)  # held until done: a task nobody references may be collected
+        task.add_done_callback(self._actions.discard)
 
     def _take_lock(self, store_path: Path) -> None:
         store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,6 +258,7 @@ class Agent:
         assignments = {s.id: s.profile for s in cfg.sensors if s.profile}
         self.engine = RuleEngine(cfg.rules, assignments, state=state)
         self.ingest.judge = self.engine
+        self.ingest.judged = frozenset(self.engine.sensors())
         self.ingest.sample_factory = Sample
         self.ingest.on_alarm = self._on_alarm
 
@@ -301,7 +312,14 @@ class Agent:
 
     # -- config reload -----------------------------------------------------------------
     async def reload(self) -> bool:
-        """Re-read the config file; apply it only when valid. Returns whether it was applied."""
+        """Re-read the config file; apply it only when valid. Returns whether it was applied.
+
+        Reloads run one at a time: a burst of SIGHUPs applies the newest file, in order.
+        """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         path = self.config_path
         if path is None:
             return False
@@ -330,6 +348,7 @@ class Agent:
 
         self.engine = RuleEngine(new.rules, assignments, state=self.engine.snapshot() if self.engine else None)
         self.ingest.judge = self.engine
+        self.ingest.judged = frozenset(self.engine.sensors())
         if self.syncer is not None:
             self.syncer.config = new.uplink
             self.syncer.reset_uplink()
@@ -556,13 +575,13 @@ class Agent:
         missing_default = 3 * max(self.config.recording.record_interval_s, 60.0)
         for sid, quantities in self.ingest.last_seen.items():
             sc = self.config.sensor(sid)
-            newest = max(q["ts"] for q in quantities.values())
+            newest = max(q[2] for q in quantities.values())
             limit = sc.missing_after_s if sc is not None and sc.missing_after_s else missing_default
             sensors[sid] = {
                 "last_ts": rfc3339(newest), "age_s": round(now - newest, 1), "missing": now - newest > limit,
-                "readings": {q: {"value": v["value"], "unit": v["unit"], "ts": rfc3339(v["ts"]),
-                                 "age_s": round(now - v["ts"], 1), "rssi": v["rssi"]}
-                             for q, v in quantities.items()},
+                "readings": {q: {"value": value, "unit": unit, "ts": rfc3339(ts), "age_s": round(now - ts, 1),
+                                 "rssi": rssi}
+                             for q, (value, unit, ts, rssi) in quantities.items()},
             }
         for sc in self.config.sensors:
             sensors.setdefault(sc.id, {"last_ts": None, "age_s": None, "missing": True, "readings": {}})
@@ -583,7 +602,10 @@ class Agent:
         if store is None:
             return
         try:
-            self._store_stats = await self._in_writer(store.stats)
+            if time.monotonic() - self._stats_at >= STORE_STATS_EVERY_S:
+                # counting a large backlog reads the whole table: not every status write
+                self._store_stats = await self._in_writer(store.stats)
+                self._stats_at = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - status must not stop the agent
             log.debug("store stats failed: %s", exc)
         data = self.status()

@@ -8,7 +8,8 @@ of range. Decimation compares the readings' own timestamps, never the order of a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from agent.config import Config, SensorConfig
@@ -16,6 +17,8 @@ from agent.timebase import Clock, boot_id
 from drivers.base import Reading
 
 log = logging.getLogger(__name__)
+
+_BIG = 2**53  # beyond, JSON numbers are not exact (and RFC 8785 refuses them)
 
 
 class Judge(Protocol):
@@ -39,10 +42,17 @@ class Ingest:
         self.on_alarm = on_alarm
         self.items: list[dict[str, Any]] = []
         self.synced = clock.synced()
+        self._mono_ns = clock.mono_ns
+        #: sensors the judge has rules for (the others skip it)
+        self.judged: frozenset[str] = frozenset()
         self.configure(config)
         self._last_recorded: dict[tuple[str, str], float] = {}
-        #: the newest sample of each sensor and quantity (status), recorded or not
-        self.last_seen: dict[str, dict[str, Any]] = {}
+        self._invalid_values: dict[str | None, dict[str, Any]] = {}
+        self._excursions: set[str] = set()
+        self._invalid_reported: dict[str | None, float] = {}
+        #: the newest sample of each sensor and quantity, recorded or not, for status:
+        #: ``{sensor: {quantity: (value, unit, ts, rssi)}}``
+        self.last_seen: dict[str, dict[str, tuple[float, str, float, int | None]]] = {}
 
     def configure(self, config: Config) -> None:
         self.config = config
@@ -54,49 +64,100 @@ class Ingest:
 
     def reading(self, r: Reading, driver: str | None = None) -> None:
         """Take one reading from a driver (on the event loop)."""
-        ts = r.ts if r.ts is not None else self.clock.now()
-        sensor = self.sensors.get(r.sensor_id)
-        value, raw, cert = r.value, r.raw, None
-        if sensor is not None and sensor.calibration is not None:
-            cal = sensor.calibration
-            raw = value if raw is None else raw
-            value = round(value * cal.slope + cal.offset, 6)
-            cert = cal.certificate
-        seen = self.last_seen.setdefault(r.sensor_id, {})
-        seen[r.quantity] = {"value": value, "unit": r.unit, "ts": ts, "rssi": r.rssi, "driver": driver}
-        judge = self.judge
-        if judge is not None and self.sample_factory is not None:
-            for change in judge.observe(self.sample_factory(r.sensor_id, r.quantity, value, r.unit, ts)):
-                self.alarm(change)
-        if not self._should_record(r.sensor_id, r.quantity, ts, sensor):
-            return
-        item: dict[str, Any] = {
-            "type": "reading", "ts": ts, "time_quality": self.time_quality(),
-            "sensor_id": r.sensor_id, "quantity": r.quantity, "value": value, "unit": r.unit,
-            "mono_ns": self.clock.mono_ns(), "boot_id": self.boot_id,
-        }
-        if raw is not None:
-            item["raw"] = raw
-        if cert is not None:
-            item["calibration"] = cert
-        if r.rssi is not None:
-            item["rssi"] = r.rssi
-        if driver is not None:
-            item["driver"] = driver
-        if sensor is not None and sensor.shipment:
-            item["shipment"] = sensor.shipment
-        self.items.append(item)
+        self.readings((r,), driver)
 
-    def _should_record(self, sensor_id: str, quantity: str, ts: float, sensor: SensorConfig | None) -> bool:
-        interval = sensor.record_interval_s if sensor is not None and sensor.record_interval_s is not None \
-            else self.default_interval
-        key = (sensor_id, quantity)
-        last = self._last_recorded.get(key)
-        if (interval <= 0 or last is None or ts - last >= interval or ts < last
-                or (self.judge is not None and self.judge.out_of_range(sensor_id))):
-            self._last_recorded[key] = ts
-            return True
-        return False
+    def readings(self, batch: Sequence[Reading], driver: str | None = None) -> None:
+        """Take what one driver read delivered (on the event loop).
+
+        Readings that arrive together, without a time of their own, are stamped with one
+        wall and one monotonic time: they were received at the same moment.
+        """
+        now = mono = None
+        sensors, last_seen, items = self.sensors, self.last_seen, self.items
+        last_recorded, default_interval = self._last_recorded, self.default_interval
+        judge, judged, make_sample = self.judge, self.judged, self.sample_factory
+        tq, boot = self.time_quality(), self.boot_id
+        for r in batch:
+            sid, quantity, unit = r.sensor_id, r.quantity, r.unit
+            ts = r.ts
+            if ts is None:
+                if now is None:
+                    now = self.clock.now()
+                ts = now
+            sensor = sensors.get(sid)
+            value, raw, cert = r.value, r.raw, None
+            if not (type(value) in (float, int) and -_BIG < value < _BIG):  # NaN fails the comparison
+                self._invalid(driver, sid, quantity, value)
+                continue
+            if sensor is not None and sensor.calibration is not None:
+                cal = sensor.calibration
+                raw = value if raw is None else raw
+                value = round(value * cal.slope + cal.offset, 6)
+                cert = cal.certificate
+            seen = last_seen.get(sid)
+            if seen is None:
+                seen = last_seen[sid] = {}
+            seen[quantity] = (value, unit, ts, r.rssi)
+            if judge is not None and make_sample is not None and sid in judged:
+                for change in judge.observe(make_sample(sid, quantity, value, unit, ts)):
+                    self.alarm(change)
+                    tq = self.time_quality()
+            # decimation, by the readings' own time: one per interval, all while out of range
+            interval = default_interval if sensor is None or sensor.record_interval_s is None \
+                else sensor.record_interval_s
+            if interval > 0:
+                key = (sid, quantity)
+                last = last_recorded.get(key)
+                if last is not None and last <= ts < last + interval and not self._in_excursion(sid):
+                    continue
+                last_recorded[key] = ts
+            if mono is None:
+                mono = self._mono_ns()
+            item: dict[str, Any] = {"type": "reading", "ts": ts, "time_quality": tq, "sensor_id": sid,
+                                    "quantity": quantity, "value": value, "unit": unit, "mono_ns": mono,
+                                    "boot_id": boot}
+            if raw is not None:
+                item["raw"] = raw
+            if cert is not None:
+                item["calibration"] = cert
+            if r.rssi is not None:
+                item["rssi"] = r.rssi
+            if driver is not None:
+                item["driver"] = driver
+            if sensor is not None and sensor.shipment:
+                item["shipment"] = sensor.shipment
+            items.append(item)
+
+    def _in_excursion(self, sensor_id: str) -> bool:
+        """Out of range now, or until this sample: the sample that ends an excursion is kept
+        too, so the record shows when it ended."""
+        now = self.judge is not None and self.judge.out_of_range(sensor_id)
+        was = sensor_id in self._excursions
+        if now:
+            self._excursions.add(sensor_id)
+        elif was:
+            self._excursions.discard(sensor_id)
+        return now or was
+
+    def _invalid(self, driver: str | None, sensor_id: str, quantity: str, value: object) -> None:
+        """A value no record can carry (NaN, infinite, not a number, beyond 2**53): its loss is
+        counted and said in a ``data_loss`` event, at most once a minute per driver."""
+        lost = self._invalid_values.setdefault(driver, {"count": 0, "examples": []})
+        lost["count"] += 1
+        if len(lost["examples"]) < 5:
+            lost["examples"].append({"sensor_id": sensor_id, "quantity": quantity, "value": repr(value)[:40]})
+        now = time.monotonic()
+        if now - self._invalid_reported.get(driver, -60.0) >= 60.0:
+            self._invalid_reported[driver] = now
+            self.report_invalid()
+
+    def report_invalid(self) -> None:
+        """Write the ``data_loss`` events for invalid values counted so far."""
+        for driver, lost in self._invalid_values.items():
+            log.warning("%d reading(s) from %s with values no record can carry, e.g. %s", lost["count"],
+                        driver, lost["examples"][0])
+            self.event("data_loss", {"reason": "invalid_value", "what": "readings", "driver": driver, **lost})
+        self._invalid_values = {}
 
     def alarm(self, change: Mapping[str, Any]) -> None:
         item = {"type": "alarm", "time_quality": self.time_quality(), "mono_ns": self.clock.mono_ns(),

@@ -46,7 +46,7 @@ from typing import Any
 
 import sqlite_utils
 
-from agent.canonical import ZERO_HASH, canonical, record_hash
+from agent.canonical import ZERO_HASH, NeedsLibrary, canonical_with, record_hash, scalar, template
 from agent.exc import StoreError, StoreFull
 from agent.timebase import Clock, boot_id, rfc3339
 
@@ -54,8 +54,22 @@ log = logging.getLogger(__name__)
 
 PENDING, ACKED, SET_ASIDE = 0, 1, 2
 
-#: Local-only keys of an item given to :meth:`Store.append` (not part of the record).
-_LOCAL_KEYS = ("mono_ns", "boot_id")
+#: Local-only keys of an item given to :meth:`Store.append` (not part of the record),
+#: and the keys the store writes itself.
+_NOT_COPIED = frozenset({"mono_ns", "boot_id", "stream", "seq", "type", "ts", "time_quality", "prev_hash", "hash"})
+
+
+_WORDS = {w: json.dumps(w) for w in ("reading", "alarm", "event", "synced", "unsynced", "corrected")}
+
+
+#: the fields a plain reading may have to be written from a template, and the slots
+_TEMPLATE_KEYS = ("sensor_id", "quantity", "unit", "driver", "shipment", "calibration")
+_TEMPLATE_FIELDS = frozenset({*_TEMPLATE_KEYS, "value"})
+_SLOTS = {"prev_hash": '"%s"', "seq": "%d", "ts": '"%s"', "value": "%s"}  # in sorted key order
+
+
+def _json_word(word: str) -> str:
+    return _WORDS.get(word) or json.dumps(word, ensure_ascii=False)
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -76,7 +90,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         )"""
     )
     # the sync queue: alarms and events first, then the reading backlog, each by seq
-    db.execute("CREATE INDEX records_pending ON records(seq) WHERE state = 0")
+    db.execute("CREATE INDEX records_pending ON records(seq) WHERE state = 0")  # dropped by 2
     db.execute("CREATE INDEX records_pending_urgent ON records(seq) WHERE state = 0 AND type != 'reading'")
     db.execute("CREATE TABLE set_aside (seq INTEGER PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL)")
     db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -90,8 +104,14 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # The reading backlog is walked in seq (rowid) order from the lowest unsent seq; an
+    # index of every pending row cost each insert a second B-tree write.
+    db.execute("DROP INDEX IF EXISTS records_pending")
+
+
 #: Named migrations, applied in order; ``PRAGMA user_version`` counts those applied.
-MIGRATIONS = [("initial schema", _migration_1)]
+MIGRATIONS = [("initial schema", _migration_1), ("no index of pending readings", _migration_2)]
 
 
 class Store:
@@ -108,6 +128,9 @@ class Store:
         self.stream_id: str = self._meta("stream_id") or ""
         self.gateway_id: str = self._meta("gateway_id") or ""
         self._refusing = False
+        self._templates: dict[tuple[Any, ...], str] = {}
+        #: every record at or below this seq has left the queue (acked or set aside)
+        self._floor = 0
         #: opened to read (diagnostics, the sync thread): never writes the side file
         self.reader = False
         self._lost: dict[str, Any] = {}
@@ -294,29 +317,41 @@ class Store:
     def _append_locked(self, items: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None) -> list[int]:
         head_seq = int(self._meta("head_seq") or 0)
         head_hash = self._meta("head_hash") or ZERO_HASH
-        stream = self.stream_id
+        stream_json = json.dumps(self.stream_id)
         rows = []
         latest: dict[tuple[str | None, str | None], tuple[int, float, float, str]] = {}
         for item in items:
             head_seq += 1
             rtype = item["type"]
             ts = float(item["ts"])
-            rec: dict[str, Any] = {"stream": stream, "seq": head_seq, "type": rtype, "ts": rfc3339(ts),
-                                   "time_quality": item["time_quality"], "prev_hash": head_hash}
-            for k, v in item.items():
-                if k in rec or k == "ts" or k in _LOCAL_KEYS:
-                    continue
-                if k == "started_at" and isinstance(v, (int, float)):
-                    v = rfc3339(v)
-                if v is not None:
-                    rec[k] = v
-            body = canonical(rec)
-            head_hash = record_hash(rec["prev_hash"], body)
-            sensor, quantity = rec.get("sensor_id"), rec.get("quantity")
-            rows.append((head_seq, rtype, ts, rec["time_quality"], sensor, quantity, body.decode("utf-8"), head_hash,
+            fields = {k: v for k, v in item.items() if v is not None and k not in _NOT_COPIED}
+            started = fields.get("started_at")
+            if isinstance(started, (int, float)):
+                fields["started_at"] = rfc3339(started)
+            tq = item["time_quality"]
+            body = self._reading_body(fields, tq, head_hash, head_seq, ts) if rtype == "reading" else None
+            if body is None:
+                # the members the store writes have a JSON form known here; only the
+                # caller's fields are checked and encoded
+                own = {"stream": stream_json, "seq": str(head_seq), "ts": f'"{rfc3339(ts)}"',
+                       "time_quality": _json_word(tq), "prev_hash": f'"{head_hash}"'}
+                try:
+                    body = canonical_with({**own, "type": _json_word(rtype)}, fields)
+                except (ValueError, TypeError) as exc:  # rfc8785's errors are ValueErrors
+                    # One record JSON cannot carry must not block the chain behind it: it
+                    # is replaced by the record of its loss, in its place.
+                    log.error("a %s record cannot be encoded (%s); recording its loss instead", rtype, exc)
+                    rtype, fields = "event", {"event": "data_loss", "details": {
+                        "reason": "unencodable", "what": item["type"], "error": str(exc)[:200],
+                        "sensor_id": fields.get("sensor_id"), "quantity": fields.get("quantity"),
+                        "value": repr(fields.get("value"))[:64] if "value" in fields else None}}
+                    body = canonical_with({**own, "type": _json_word(rtype)}, fields)
+            head_hash = record_hash(head_hash, body)
+            sensor, quantity = fields.get("sensor_id"), fields.get("quantity")
+            rows.append((head_seq, rtype, ts, tq, sensor, quantity, body.decode("utf-8"), head_hash,
                          item.get("mono_ns"), item.get("boot_id")))
             if rtype == "reading":
-                latest[(sensor, quantity)] = (head_seq, ts, rec["value"], rec["unit"])
+                latest[(sensor, quantity)] = (head_seq, ts, fields["value"], fields["unit"])
         self.conn.executemany(
             "INSERT INTO records (seq, type, ts, tq, sensor_id, quantity, body, hash, mono_ns, boot_id)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -329,6 +364,31 @@ class Store:
         for key, value in (state or {}).items():
             self.conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, json.dumps(value)))
         return [r[0] for r in rows]
+
+    def _reading_body(self, fields: dict[str, Any], tq: str, prev_hash: str, seq: int, ts: float) -> bytes | None:
+        """The canonical body of a plain reading from a template per sensor and quantity.
+
+        A sensor's readings differ only in prev_hash, seq, ts and value; the rest of the
+        JCS text is made once (:func:`agent.canonical.template`). Anything unusual
+        (raw, rssi, an exponent-form value) returns None for the general path.
+        """
+        if not fields.keys() <= _TEMPLATE_FIELDS:
+            return None
+        try:
+            value = scalar(fields["value"])
+        except (NeedsLibrary, KeyError):
+            return None
+        key = (tq, *(fields.get(k) for k in _TEMPLATE_KEYS))
+        tmpl = self._templates.get(key)
+        if tmpl is None:
+            fixed = {k: v for k, v in fields.items() if k != "value"}
+            tmpl = template({**fixed, "type": "reading", "stream": self.stream_id, "time_quality": tq}, _SLOTS)
+            if tmpl is None:
+                return None
+            if len(self._templates) >= 4096:
+                self._templates.clear()
+            self._templates[key] = tmpl
+        return (tmpl % (prev_hash, seq, rfc3339(ts), value)).encode("utf-8")
 
     # -- quota -------------------------------------------------------------------------
     def disk_usage(self) -> int:
@@ -412,17 +472,22 @@ class Store:
     # -- sync side ---------------------------------------------------------------------
     def pending(self, limit: int) -> list[tuple[int, str, str]]:
         """Up to ``limit`` unsent records as ``(seq, body, hash)``: alarms and events
-        first, then readings, each oldest first; the batch is returned ascending by seq."""
+        first, then readings, each oldest first; the batch is returned ascending by seq.
+
+        Readings are found by walking the table in seq order from the lowest unsent seq
+        known (``_floor``), so inserting a reading maintains no index of its own.
+        """
         with self._lock:
             urgent = self.conn.execute(
                 "SELECT seq, body, hash FROM records WHERE state = 0 AND type != 'reading' ORDER BY seq LIMIT ?",
                 (limit,)).fetchall()
             rest = limit - len(urgent)
             if rest > 0:
-                after = 0
                 more = self.conn.execute(
-                    "SELECT seq, body, hash FROM records WHERE state = 0 AND seq > ? ORDER BY seq LIMIT ?",
-                    (after, limit)).fetchall()
+                    "SELECT seq, body, hash FROM records WHERE seq > ? AND state = 0 ORDER BY seq LIMIT ?",
+                    (self._floor, limit)).fetchall()
+                if more:
+                    self._floor = more[0][0] - 1  # nothing at or below is unsent
                 seen = {r[0] for r in urgent}
                 urgent += [r for r in more if r[0] not in seen][:rest]
             return sorted(urgent)
@@ -528,7 +593,8 @@ class Store:
         with self._lock:
             head_seq, _ = self.head()
             counts = dict(self.conn.execute("SELECT state, count(*) FROM records GROUP BY state").fetchall())
-            oldest = self.conn.execute("SELECT min(ts) FROM records WHERE state = 0").fetchone()[0]
+            row = self.conn.execute("SELECT ts FROM records WHERE state = 0 ORDER BY seq LIMIT 1").fetchone()
+            oldest = row[0] if row else None  # the first unsent record, in creation order
             pending_urgent = self.conn.execute(
                 "SELECT count(*) FROM records WHERE state = 0 AND type != 'reading'").fetchone()[0]
         return {

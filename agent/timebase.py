@@ -121,11 +121,19 @@ class Clock:
         return bool(answer) if answer is not None else TIMESYNCD_FLAG.exists()
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def rfc3339(ts: float) -> str:
     """``2026-11-23T08:15:02.125Z``: UTC, milliseconds, ``Z`` (PROTOCOL.md)."""
+    global _last_second
     ms = int(round(ts * 1000))
     sec, milli = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{milli:03d}Z"
+    cached = _last_second  # readings come in bursts of the same second: format it once
+    if cached[0] != sec:
+        # one tuple, swapped whole: safe when several threads format at once
+        cached = _last_second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{milli:03d}Z"
 
 
 def parse_rfc3339(text: str) -> float:

@@ -20,6 +20,7 @@ simulated time from ``start``. The same seed gives the same readings.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import time
@@ -140,6 +141,8 @@ class SimDriver(Driver):
         super().__init__(name, options)
         rng = random.Random(options.seed)
         self._sims = [_SensorSim(spec, random.Random(rng.random())) for spec in options.sensors]
+        #: (next sample time, index): the next sensor due is on top; ties go to config order
+        self._due = [(0.0, i) for i in range(len(self._sims))]
         self._emitted = 0
         self._since_open = 0
         self._t0_mono = 0.0
@@ -158,7 +161,7 @@ class SimDriver(Driver):
         return self._sim_offset + (time.monotonic() - self._t0_mono) * self.options.speed
 
     def _next_due(self) -> _SensorSim:
-        return min(self._sims, key=lambda s: s.next_t)
+        return self._sims[self._due[0][1]]
 
     def _read(self, timeout: float) -> Iterable[Reading]:
         opts = self.options
@@ -189,6 +192,7 @@ class SimDriver(Driver):
             if flat_out:
                 self._sim_offset = sim.next_t
             sim.next_t += sim.spec.interval_s
+            heapq.heapreplace(self._due, (sim.next_t, self._due[0][1]))
         if opts.limit is not None:
             out = out[: max(0, opts.limit - self._emitted)]
         self._emitted += len(out)

@@ -28,24 +28,39 @@ def _reference(obj: object) -> bytes:
     return rfc8785.dumps(json.loads(json.dumps(obj)))
 
 
-@settings(max_examples=400)
-@given(flat_records)
-def test_fast_path_equals_rfc8785_for_flat_records(record: dict) -> None:
+def _big_float(obj: object) -> bool:
+    if isinstance(obj, dict):
+        return any(_big_float(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_big_float(v) for v in obj)
+    return isinstance(obj, float) and abs(obj) >= 2**53
+
+
+def _same_as_library(record: dict) -> None:
     try:
         expected = _reference(record)
     except rfc8785.CanonicalizationError:
-        return  # e.g. integers beyond 2**53: the library refuses them and so must we
-    assert canonical(record) == expected
+        expected = None  # e.g. integers beyond 2**53: the library refuses them
+    try:
+        got = canonical(record)
+    except ValueError:
+        # refused where the library refuses, or for a float beyond 2**53, which the library
+        # writes as an integer it would then refuse to read back (never verifiable)
+        assert expected is None or _big_float(record)
+        return
+    assert got == expected
+
+
+@settings(max_examples=400)
+@given(flat_records)
+def test_fast_path_equals_rfc8785_for_flat_records(record: dict) -> None:
+    _same_as_library(record)
 
 
 @settings(max_examples=200)
 @given(st.dictionaries(st.text(max_size=8), nested, max_size=6))
 def test_nested_objects_take_the_library_path_and_match_it(record: dict) -> None:
-    try:
-        expected = _reference(record)
-    except rfc8785.CanonicalizationError:
-        return
-    assert canonical(record) == expected
+    _same_as_library(record)
 
 
 def test_integral_float_is_written_as_an_integer_like_ecmascript() -> None:

@@ -253,3 +253,37 @@ def test_a_reader_never_sets_aside_or_creates_anything(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="unreadable"):
         Store.open(path, gateway_id="gw", create=False)
     assert path.read_bytes().startswith(b"not a database") and not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_reading_bodies_written_from_templates_are_exactly_rfc8785(tmp_path: Path) -> None:
+    """Plain readings are written from a template per sensor; whatever the names and values,
+    the stored body must be the library's canonical form of the record."""
+    import json
+
+    import rfc8785
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    store = Store.open(tmp_path / "s.db", gateway_id="gw")
+    names = st.text(min_size=1, max_size=12)  # quotes, %, backslashes, control and non-ASCII characters
+    values = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**53) + 1, 2**53 - 1))
+
+    @settings(max_examples=300, deadline=None)
+    @given(names, names, names, values, st.sampled_from([None, "sim", "ble-1"]))
+    def check(sensor: str, quantity: str, unit: str, value: float, driver: str | None) -> None:
+        item = {"type": "reading", "ts": 1_790_000_000.5, "time_quality": "synced", "sensor_id": sensor,
+                "quantity": quantity, "value": value, "unit": unit, "driver": driver}
+        (seq,) = store.append([item])
+        (body,) = store.conn.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone()
+        record = json.loads(body)
+        assert body.encode() == rfc8785.dumps(record)
+        if abs(value) >= 2**53:  # beyond what JSON numbers carry exactly: its loss is recorded instead
+            assert record["event"] == "data_loss" and record["details"]["reason"] == "unencodable"
+        else:
+            assert (record["type"], record["sensor_id"], record["value"]) == ("reading", sensor, value)
+
+    try:
+        check()
+        assert_chain(store.records())
+    finally:
+        store.close()
