@@ -301,7 +301,11 @@ def check_secret_file(path: Path, what: str) -> str:
             [ConfigProblem(what, f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
                            f"run: chmod 600 {path}")],
         )
-    return path.read_text(encoding="utf-8").strip()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(str(path), [ConfigProblem(what, f"cannot read {path}: {reason}")]) from exc
 
 
 # -- error reporting -------------------------------------------------------------------

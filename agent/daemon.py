@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 from agent import __version__
 from agent import config as configmod
 from agent.config import Config
-from agent.exc import ColdgateError, ConfigError, StoreError, StoreFull
+from agent.exc import ColdgateError, ConfigError, StoreError
 from agent.ingest import Ingest
 from agent.store import Store
 from agent.sync import Syncer
@@ -158,6 +158,7 @@ class Agent:
         self._actions: set[asyncio.Task[Any]] = set()
         self._corrected_upto = 0  # unsynced records up to this seq have had their clock_step
         self._state_saved_at = 0.0
+        self._rel = 0.0  # wall - boottime at the last clock check
         self._stats_at = -STORE_STATS_EVERY_S
         self._out_of_range: frozenset[str] = frozenset()
         self.ingest = Ingest(config, self.clock)
@@ -382,18 +383,22 @@ class Agent:
         self._pending_retry = []
         if not items:
             return
-        if self._lost:
-            items.append(self._loss_event())
+        loss = self._loss_event() if self._lost else None  # cleared only once committed
+        batch = items + [loss] if loss is not None else items
         state = {"rules": self.engine.snapshot()} if self._state_due(items) else None
         store = self.store
         try:
-            await self._in_writer(lambda: store.append(items, state=state))
-        except (StoreFull, StoreError) as exc:
-            if self._store_error is None:
+            await self._in_writer(lambda: store.append(batch, state=state))
+        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing taken may be lost
+            if not isinstance(exc, StoreError):
+                log.exception("unexpected error committing %d records; keeping them in memory", len(items))
+            elif self._store_error is None:
                 log.error("store cannot take records (%s): keeping them in memory", exc)
             self._store_error = str(exc)
             self._keep_for_retry(items)
             return
+        if loss is not None:
+            self._lost = {}
         if state is not None:
             self._state_saved_at = time.monotonic()
         if self._store_error is not None:
@@ -420,7 +425,6 @@ class Agent:
                 or time.monotonic() - self._state_saved_at >= STATE_EVERY_S)
 
     def _keep_for_retry(self, items: list[dict[str, Any]]) -> None:
-        items = [i for i in items if not (i["type"] == "event" and i.get("event") == "data_loss")]
         overflow = len(items) - MAX_BUFFER
         if overflow > 0:
             dropped = [i for i in items if i["type"] == "reading"][:overflow]
@@ -436,7 +440,7 @@ class Agent:
         self._pending_retry = items
 
     def _loss_event(self) -> dict[str, Any]:
-        lost, self._lost = self._lost, {}
+        lost = self._lost
         return {"type": "event", "event": "data_loss", "ts": self.clock.now(),
                 "time_quality": self.ingest.time_quality(),
                 "details": {"reason": "store_unwritable", "what": "readings", "count": lost["count"],
@@ -460,7 +464,10 @@ class Agent:
                 self._sync_now.clear()
                 if not self.syncer.due():
                     continue
-                await _in_daemon_thread(self.syncer.sync_once)
+                try:
+                    await _in_daemon_thread(self.syncer.sync_once)
+                except Exception:  # noqa: BLE001 - the uplink keeps trying; the readings are safe
+                    log.exception("sync pass failed unexpectedly; retrying after %.0f s", self.config.uplink.interval_s)
         finally:
             # A sync pass may still run on its daemon thread (a slow server). Store.close
             # waits for any statement in progress, so the connection is never closed under
@@ -482,26 +489,31 @@ class Agent:
 
     # -- housekeeping ------------------------------------------------------------------
     async def _housekeeping_loop(self) -> None:
-        last_status = last_clock = last_prune = 0.0
-        rel = self._wall_minus_boot()
+        due = {"clock": 0.0, "prune": 0.0, "status": 0.0}
+        self._rel = self._wall_minus_boot()
         while True:
             await asyncio.sleep(1.0)
-            now = self.clock.now()
-            if self.engine is not None:
-                for change in self.engine.tick(now):
-                    self.ingest.alarm(change)
-            await self._run_commands()
-            mono = time.monotonic()
-            if mono - last_clock >= CLOCK_CHECK_EVERY_S:
-                last_clock = mono
-                rel = await self._watch_clock(rel)
-            if mono - last_prune >= 60.0 and self.store is not None:
-                last_prune = mono
-                store = self.store
-                await self._in_writer(store.prune)
-            if mono - last_status >= STATUS_EVERY_S:
-                last_status = mono
-                await self._write_status()
+            try:
+                await self._housekeeping(due)
+            except Exception:  # noqa: BLE001 - one failed chore must not stop the others for good
+                log.exception("housekeeping failed; trying again in a second")
+
+    async def _housekeeping(self, last: dict[str, float]) -> None:
+        """Once a second: time-driven rules and CLI commands; every few: clock, pruning, status."""
+        if self.engine is not None:
+            for change in self.engine.tick(self.clock.now()):
+                self.ingest.alarm(change)
+        await self._run_commands()
+        mono = time.monotonic()
+        if mono - last["clock"] >= CLOCK_CHECK_EVERY_S:
+            last["clock"] = mono
+            self._rel = await self._watch_clock(self._rel)
+        if mono - last["prune"] >= 60.0 and self.store is not None:
+            last["prune"] = mono
+            await self._in_writer(self.store.prune)
+        if mono - last["status"] >= STATUS_EVERY_S:
+            last["status"] = mono
+            await self._write_status()
 
     async def _run_commands(self) -> None:
         store = self.store

@@ -89,6 +89,9 @@ class Ingest:
             if not (type(value) in (float, int) and -_BIG < value < _BIG):  # NaN fails the comparison
                 self._invalid(driver, sid, quantity, value)
                 continue
+            if not (type(ts) in (float, int) and 0.0 <= ts < 1e11):  # a driver's own time that is no time (NaN, negative, year 5138)
+                self._invalid(driver, sid, quantity, f"ts={ts!r}")
+                continue
             if sensor is not None and sensor.calibration is not None:
                 cal = sensor.calibration
                 raw = value if raw is None else raw

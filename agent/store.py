@@ -33,6 +33,8 @@ Self-healing
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import os
@@ -40,7 +42,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,8 @@ class Store:
         self.gateway_id: str = self._meta("gateway_id") or ""
         self._refusing = False
         self._templates: dict[tuple[Any, ...], str] = {}
+        #: stamps the records the store writes itself (loss events)
+        self.clock = Clock()
         #: every record at or below this seq has left the queue (acked or set aside)
         self._floor = 0
         #: opened to read (diagnostics, the sync thread): never writes the side file
@@ -167,11 +171,12 @@ class Store:
             conn = cls._connect(p, check=False)
         store = cls(conn, p, quota_bytes=quota_bytes, reserve_pct=reserve_pct, keep_acked=keep_acked)
         store.reader = not create
+        store.clock = clock or Clock()
         if not store.stream_id and not create:
             conn.close()
             raise StoreError(f"store {p} is being created; try again in a moment")
         if not store.stream_id:
-            store._start_stream(gateway_id, reason or "new", error=error, set_aside=aside, clock=clock or Clock())
+            store._start_stream(gateway_id, reason or "new", error=error, set_aside=aside, clock=store.clock)
         return store
 
     @staticmethod
@@ -264,6 +269,11 @@ class Store:
         The side file is written by the store's owner, not by readers (``create=False``).
         """
         with self._lock:
+            if not self.reader:
+                try:
+                    self.report_losses()
+                except (StoreError, sqlite3.Error) as exc:
+                    log.error("could not record refused readings at close: %s", exc)
             if sidecar if sidecar is not None else not self.reader:
                 try:
                     self.write_sidecar()
@@ -299,20 +309,32 @@ class Store:
         Raises :class:`StoreFull` when the disk itself is full (nothing was written).
         """
         with self._lock:
-            items = self._apply_quota(items)
+            # the loss accounting changes only with a commit: a failed one is retried whole
+            saved = (copy.deepcopy(self._lost), self._refusing, self._last_loss_event)
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
+                items = self._apply_quota(items)
+                with self._transaction():
                     seqs = self._append_locked(items, state)
-                    self.conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(self.conn)
-                    raise
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
+                self._lost, self._refusing, self._last_loss_event = saved
                 if "full" in str(exc).lower():
                     raise StoreFull(f"disk full while writing {len(items)} records: {exc}") from exc
-                raise StoreError(f"append failed: {exc}") from exc
+                raise StoreError(f"append failed: {type(exc).__name__}: {exc}") from exc
+            except BaseException:
+                self._lost, self._refusing, self._last_loss_event = saved
+                raise
             return seqs
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            _rollback(self.conn)
+            raise
 
     def _append_locked(self, items: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None) -> list[int]:
         head_seq = int(self._meta("head_seq") or 0)
@@ -323,7 +345,15 @@ class Store:
         for item in items:
             head_seq += 1
             rtype = item["type"]
-            ts = float(item["ts"])
+            ts: Any = item.get("ts")
+            if not (type(ts) in (float, int) and 0.0 <= ts < 1e11):  # NaN fails too
+                log.error("a %s record has no usable time (%r); recording its loss instead", rtype, ts)
+                item = {"type": "event", "event": "data_loss", "ts": self.clock.now(),
+                        "time_quality": item.get("time_quality", "unsynced"),
+                        "details": {"reason": "unencodable", "what": rtype, "error": f"bad ts {ts!r}"[:200],
+                                    "sensor_id": item.get("sensor_id"), "quantity": item.get("quantity")}}
+                rtype, ts = "event", item["ts"]
+            ts = float(ts)
             fields = {k: v for k, v in item.items() if v is not None and k not in _NOT_COPIED}
             started = fields.get("started_at")
             if isinstance(started, (int, float)):
@@ -401,6 +431,8 @@ class Store:
         return total
 
     def _apply_quota(self, items: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        if not items:  # report_losses: say what was refused so far
+            return self._loss_event(final=not self._refusing)
         usage = self.disk_usage()
         limit = self.quota_bytes - self.reserve_bytes
         if usage >= limit:
@@ -451,8 +483,15 @@ class Store:
             "quota_bytes": self.quota_bytes,
             "still_refusing": not final,
         }
-        return [{"type": "event", "event": "data_loss", "details": details, "ts": lost["last_ts"],
-                 "time_quality": "synced"}]
+        clock = self.clock
+        return [{"type": "event", "event": "data_loss", "details": details, "ts": clock.now(),
+                 "time_quality": "synced" if clock.synced() else "unsynced", "mono_ns": clock.mono_ns(),
+                 "boot_id": boot_id()}]
+
+    def report_losses(self) -> None:
+        """Commit the count of readings refused so far (the owner does so before closing)."""
+        if self._lost:
+            self.append([])
 
     def _free_acked(self, need: int) -> None:
         """Delete acknowledged records, lowest seq first, until ``need`` bytes are freed."""
@@ -498,27 +537,13 @@ class Store:
     def set_aside(self, seqs: Sequence[int], reason: str) -> None:
         """Keep records the server refused out of the queue (never deleted)."""
         now = time.time()
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.executemany("UPDATE records SET state = ? WHERE seq = ?", [(SET_ASIDE, s) for s in seqs])
-                self.conn.executemany("INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?)",
-                                      [(s, reason, now) for s in seqs])
-                self.conn.execute("COMMIT")
-            except BaseException:
-                _rollback(self.conn)
-                raise
+        with self._lock, self._transaction():
+            self.conn.executemany("UPDATE records SET state = ? WHERE seq = ?", [(SET_ASIDE, s) for s in seqs])
+            self.conn.executemany("INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?)", [(s, reason, now) for s in seqs])
 
     def _set_state(self, seqs: Iterable[int], state: int) -> None:
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.executemany("UPDATE records SET state = ? WHERE seq = ? AND state = 0",
-                                      [(state, s) for s in seqs])
-                self.conn.execute("COMMIT")
-            except BaseException:
-                _rollback(self.conn)
-                raise
+        with self._lock, self._transaction():
+            self.conn.executemany("UPDATE records SET state = ? WHERE seq = ? AND state = 0", [(state, s) for s in seqs])
 
     def prune(self) -> int:
         """Delete acknowledged records beyond the newest ``keep_acked``, by seq. Returns how many."""

@@ -128,6 +128,7 @@ class Uplink:
             headers["Content-Encoding"] = "gzip"
         try:
             resp = self.session.post(self.url, data=payload, headers=headers, verify=self._verify, cert=self._cert,
+                                     allow_redirects=False,
                                      timeout=(self.config.connect_timeout_s, self.config.read_timeout_s))
         except requests.exceptions.SSLError as exc:
             raise SyncTransient(f"TLS failure talking to {self.config.masked_url()}: {_tls_reason(exc)}") from exc
@@ -141,10 +142,21 @@ class Uplink:
         text = resp.text[:300]
         resp.close()
         if 200 <= status < 300:
+            # Acknowledging deletes data in the end: only a server that says it stored the
+            # batch is believed (a captive portal's 200 page is not an acknowledgement).
             try:
-                return dict(json.loads(text or "{}"))
+                answer = json.loads(text)
             except ValueError:
-                return {}
+                answer = None
+            if not (isinstance(answer, dict) and type(answer.get("stored")) is int
+                    and type(answer.get("duplicates")) is int):
+                raise SyncTransient(f"HTTP {status} without the protocol's answer ({text[:80]!r}): not acknowledged",
+                                    status=status)
+            return answer
+        if 300 <= status < 400:
+            where = resp.headers.get("Location", "?")
+            raise SyncTransient(f"HTTP {status}: uplink.url redirects to {where}; set it to the final URL",
+                                status=status)
         if status in (400, 422):
             raise SyncRejected(f"server rejected batch {first}-{last}: HTTP {status}: {text}", status=status)
         if status in (401, 403):
@@ -195,6 +207,7 @@ class Syncer:
         self.gateway_id = gateway_id
         self.state = SyncState()
         self._uplink: Uplink | None = None
+        self._reset = False
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
 
@@ -218,10 +231,15 @@ class Syncer:
 
     def _sync(self, max_batches: int | None) -> SyncState:
         st = self.state
+        st.last_attempt_at = time.time()
+        if self._reset:
+            self._reset = False
+            if self._uplink is not None:
+                self._uplink.close()
+            self._uplink = None
         if self.config.url is None:
             st.result, st.last_error = "offline", "no uplink.url configured: buffering only"
             return st
-        st.last_attempt_at = time.time()
         try:
             if self._uplink is None:
                 self._uplink = Uplink(self.config, self.gateway_id)
@@ -240,6 +258,10 @@ class Syncer:
                 self._deliver(batch)
             except SyncError as exc:
                 self._failed(exc)
+                return st
+            except Exception as exc:  # noqa: BLE001 - e.g. the store; retried like a network error
+                log.exception("sync pass failed")
+                self._failed(SyncTransient(f"{type(exc).__name__}: {exc}"))
                 return st
             sent += 1
         st.result = "ok" if sent else "idle"
@@ -301,12 +323,10 @@ class Syncer:
         log.warning("sync failed (%s); next try in %.1f s", exc, delay)
 
     def reset_uplink(self) -> None:
-        """Drop the HTTP session (the uplink config changed); the next pass builds a new one."""
-        with self._lock:
-            if self._uplink is not None:
-                self._uplink.close()
-            self._uplink = None
-            self.state.next_retry_at = None
+        """The uplink config changed: the next pass builds a new session (never waits for a
+        pass in progress, which may be draining a long backlog)."""
+        self._reset = True
+        self.state.next_retry_at = None
 
     def retry_now(self) -> None:
         """Forget the backoff (``coldgate sync --now``)."""

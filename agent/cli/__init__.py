@@ -60,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except PermissionError as exc:
+        print(f"coldgate: permission denied: {exc.filename or exc} (run as the coldgate user or root)",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"coldgate: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
 

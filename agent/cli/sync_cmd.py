@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -30,7 +31,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     pid = running_pid(cfg.store.path)
     if pid:
         before = _attempt(status_path(cfg.store.path))
-        os.kill(pid, signal.SIGUSR1)
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            print(f"coldgate: the agent (pid {pid}) has just exited; run this again", file=sys.stderr)
+            return 1
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             time.sleep(0.2)

@@ -52,7 +52,8 @@ class Evaluator:
         return False
 
     def state(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._STATE}
+        # copies of lists: the snapshot is encoded on another thread while samples go on
+        return {k: list(v) if isinstance(v, list) else v for k in self._STATE for v in (getattr(self, k),)}
 
     def load(self, s: dict[str, Any]) -> None:
         for k in self._STATE:

@@ -124,7 +124,8 @@ class MktAccumulator:
 
     def state(self) -> dict[str, Any]:
         return {"sum_we": self.sum_we, "sum_w": self.sum_w, "last_ts": self.last_ts, "last_e": self.last_e,
-                "gaps": self.gaps, "gap_s": self.gap_s, "buckets": self.buckets}
+                "gaps": self.gaps, "gap_s": self.gap_s,
+                "buckets": [list(b) for b in self.buckets]}  # a copy: the live ones change in place
 
     def load(self, s: dict[str, Any]) -> None:
         self.sum_we = float(s["sum_we"])

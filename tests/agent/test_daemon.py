@@ -240,3 +240,32 @@ def test_a_full_disk_keeps_readings_in_memory_until_it_can_write_and_counts_any_
         assert d["count"] > 0
 
     asyncio.run(scenario())
+
+
+def test_an_unexpected_error_in_a_commit_keeps_the_readings_and_the_writer_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=0, extra="limit = 500\nchunk = 50",
+                                                 sensor="p1"))
+    store_path = tmp_path / "store.db"
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
+        task = await run_agent(agent)
+        assert agent.store is not None
+        real = agent.store.append
+        failures = {"left": 3}
+
+        def flaky(items: Any, **kw: Any) -> Any:
+            if failures["left"]:
+                failures["left"] -= 1
+                raise RuntimeError("a bug, not a disk")
+            return real(items, **kw)
+
+        monkeypatch.setattr(agent.store, "append", flaky)
+        await poll(lambda: agent.drivers["sim"].status.counters["readings"] >= 500)
+        await poll(lambda: failures["left"] == 0 and agent._store_error is None and not agent._pending_retry)
+        agent.stop()
+        await task
+        assert len(records(store_path, type="reading")) == 500
+
+    asyncio.run(scenario())

@@ -287,3 +287,30 @@ def test_reading_bodies_written_from_templates_are_exactly_rfc8785(tmp_path: Pat
         assert_chain(store.records())
     finally:
         store.close()
+
+
+def test_a_failed_commit_while_refusing_readings_counts_each_refused_reading_once(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "s.db", gateway_id="gw", quota_bytes=400_000, reserve_pct=20)
+    try:
+        k = 0
+        while not s.stats()["refusing_readings"]:
+            s.append([reading(k * 50 + i) for i in range(50)])
+            k += 1
+        s.report_losses()
+
+        def counted() -> int:
+            return sum(r["details"]["count"] for r in s.records(type="event") if r["event"] == "data_loss")
+
+        before = counted()
+        pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
+        s.conn.execute(f"PRAGMA max_page_count = {pages}")  # the next commit fails: disk full
+        batch = [reading(100_000 + i) for i in range(40)] + [
+            {"type": "event", "event": "x", "details": {"pad": "y" * 20_000}, "ts": 1.0, "time_quality": "synced"}]
+        with pytest.raises(StoreError):
+            s.append(batch)
+        s.conn.execute("PRAGMA max_page_count = 1073741823")
+        s.append(batch)  # the same batch, retried
+        s.report_losses()
+        assert counted() - before == 40  # the 40 refused readings counted once, not once per attempt
+    finally:
+        s.close()
