@@ -510,26 +510,26 @@ class Store:
 
     # -- sync side ---------------------------------------------------------------------
     def pending(self, limit: int) -> list[tuple[int, str, str]]:
-        """Up to ``limit`` unsent records as ``(seq, body, hash)``: alarms and events
-        first, then readings, each oldest first; the batch is returned ascending by seq.
+        """The next batch of unsent records as ``(seq, body, hash)``, ascending by seq.
 
-        Readings are found by walking the table in seq order from the lowest unsent seq
-        known (``_floor``), so inserting a reading maintains no index of its own.
+        Alarms and events go first, in batches of their own; then the backlog, as a run of
+        consecutive unsent records walked in seq order from the lowest unsent seq known
+        (``_floor``, so inserting a reading maintains no index). Either way a batch is
+        fully named by its first and last seq: the Idempotency-Key never stands for two
+        different sets of records.
         """
         with self._lock:
             urgent = self.conn.execute(
                 "SELECT seq, body, hash FROM records WHERE state = 0 AND type != 'reading' ORDER BY seq LIMIT ?",
                 (limit,)).fetchall()
-            rest = limit - len(urgent)
-            if rest > 0:
-                more = self.conn.execute(
-                    "SELECT seq, body, hash FROM records WHERE seq > ? AND state = 0 ORDER BY seq LIMIT ?",
-                    (self._floor, limit)).fetchall()
-                if more:
-                    self._floor = more[0][0] - 1  # nothing at or below is unsent
-                seen = {r[0] for r in urgent}
-                urgent += [r for r in more if r[0] not in seen][:rest]
-            return sorted(urgent)
+            if urgent:
+                return urgent
+            backlog = self.conn.execute(
+                "SELECT seq, body, hash FROM records WHERE seq > ? AND state = 0 ORDER BY seq LIMIT ?",
+                (self._floor, limit)).fetchall()
+            if backlog:
+                self._floor = backlog[0][0] - 1  # nothing at or below is unsent
+            return backlog
 
     def ack(self, seqs: Iterable[int]) -> None:
         self._set_state(seqs, ACKED)
