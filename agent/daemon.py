@@ -453,7 +453,9 @@ class Agent:
         # opened on the writer's thread (joined at exit), never on a daemon thread
         sync_store = await self._in_writer(lambda: Store.open(
             cfg.store.path, gateway_id=cfg.gateway_id, keep_acked=cfg.store.keep_acked, check=False, create=False))
-        self.syncer = Syncer(sync_store, cfg.uplink, self.store.gateway_id if self.store else cfg.gateway_id)
+        sync_store.clock = self.clock
+        self.syncer = Syncer(sync_store, cfg.uplink, self.store.gateway_id if self.store else cfg.gateway_id,
+                             clock=self.clock)
         try:
             while True:
                 wait = self.config.uplink.interval_s

@@ -39,7 +39,7 @@ from agent import __version__
 from agent.config import UplinkConfig, check_secret_file
 from agent.exc import AuthRefused, ConfigError, SyncError, SyncRejected, SyncTransient
 from agent.store import Store
-from agent.timebase import rfc3339
+from agent.timebase import Clock, boot_id, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +201,14 @@ class Syncer:
     """Drains a store through an uplink and keeps the sync state for status."""
 
     def __init__(self, store: Store, config: UplinkConfig, gateway_id: str, *,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, clock: Clock | None = None) -> None:
         self.store = store
         self.config = config
         self.gateway_id = gateway_id
         self.state = SyncState()
         self._uplink: Uplink | None = None
         self._reset = False
+        self.clock = clock or Clock()
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
 
@@ -295,12 +296,11 @@ class Syncer:
         self.store.set_aside(seqs, reason)
         self.state.set_aside_total += len(seqs)
         log.error("batch %d-%d (%d records) set aside: %s", seqs[0], seqs[-1], len(seqs), reason)
-        from agent.timebase import Clock
-
-        clock = Clock()
+        clock = self.clock
         self.store.append([{
             "type": "event", "event": "batch_set_aside", "ts": clock.now(),
-            "time_quality": "synced" if clock.synced() else "unsynced",
+            "time_quality": "synced" if clock.synced() else "unsynced", "mono_ns": clock.mono_ns(),
+            "boot_id": boot_id(),
             "details": {"first_seq": seqs[0], "last_seq": seqs[-1], "count": len(seqs), "status": status,
                         "reason": reason[:500], "kept_locally": True},
         }])

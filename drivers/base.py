@@ -51,7 +51,8 @@ class Reading(NamedTuple):
     ts: float | None = None
     raw: float | None = None
     rssi: int | None = None
-    #: Driver-specific extras recorded with the reading (e.g. ``packet_id``).
+    #: Driver-specific extras for diagnostics (``coldgate decode``, status), e.g. ``packet_id``;
+    #: not part of the stored record.
     extra: Mapping[str, Any] | None = None
 
 

@@ -21,8 +21,9 @@ Readings (PROTOCOL.md): latitude ``lat``, longitude ``lon``, altitude ``m`` (abo
 sea level), speed ``m/s``, gnss_fix ``count`` (the GGA quality), hdop ``count``,
 satellites ``count``. Fix quality and satellites in use are recorded even without a fix
 (they say *why* there is no position); position, altitude, speed and HDOP only with one.
-Readings carry no ``ts``: the agent stamps them on arrival, and the receiver's own UTC
-time goes into ``extra["gps_time"]`` (a cold-starting receiver reports 1980).
+Readings carry no ``ts``: the agent stamps them on arrival (a cold-starting receiver
+reports 1980). The receiver's own UTC time rides in ``extra["gps_time"]`` for the driver's
+and the decode command's use; it is not recorded.
 """
 
 from __future__ import annotations
