@@ -26,6 +26,17 @@ from agent.store import Store
 
 TOKEN = "e2e-token"
 
+#: every process a test started, so that none outlives its test (see conftest.py)
+LIVE: set[subprocess.Popen[Any]] = set()
+
+
+def kill_leftovers() -> None:
+    for proc in list(LIVE):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        LIVE.discard(proc)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -60,6 +71,7 @@ class ReceiverProcess:
             [sys.executable, "-m", "agent", "receiver", "--port", str(self.port), "--db", str(self.db),
              "--token", self.token, "--allow-faults"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        LIVE.add(self.proc)
         assert self.proc.stderr is not None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -148,6 +160,7 @@ class AgentProcess:
         try:
             self.proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "agent", "run",
                                           "--config", str(self.config)], stdout=logf, stderr=logf)
+            LIVE.add(self.proc)
         finally:
             logf.close()
         proc = self.proc
