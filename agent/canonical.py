@@ -35,15 +35,13 @@ class NeedsLibrary(ValueError):
     """This value needs the library (nesting, big integers, exponent floats, odd keys)."""
 
 
-_Slow = NeedsLibrary
-
 
 def _plan(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     plan = _PLANS.get(keys)
     if plan is None:
         for k in keys:
             if not (type(k) is str and k.isascii() and _dumps_str(k) == f'"{k}"'):
-                raise _Slow
+                raise NeedsLibrary
         order = tuple(sorted(keys))  # code-point order = UTF-16 order for ASCII keys
         plan = (order, tuple(f'"{k}":' for k in order))
         if len(_PLANS) < 256:
@@ -72,19 +70,19 @@ def _value(v: Any) -> str:
         if v.is_integer():
             if -_BIG < v < _BIG:
                 return str(int(v))  # ECMAScript writes 25.0 as 25 (and -0.0 as 0)
-            raise _Slow  # the library refuses integral floats beyond 2**53: so do we
+            raise NeedsLibrary  # the library refuses integral floats beyond 2**53: so do we
         if 1e-4 <= abs(v) < 1e16:  # where Python's repr and ECMAScript's are both plain decimals
             return repr(v)
-        raise _Slow  # exponent forms differ, and NaN/Infinity are not JSON
+        raise NeedsLibrary  # exponent forms differ, and NaN/Infinity are not JSON
     if t is int:
         if -_BIG < v < _BIG:
             return str(v)
-        raise _Slow
+        raise NeedsLibrary
     if t is bool:
         return "true" if v else "false"
     if v is None:
         return "null"
-    raise _Slow
+    raise NeedsLibrary
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:
@@ -92,7 +90,7 @@ def canonical(obj: Mapping[str, Any]) -> bytes:
     try:
         order, heads = _plan(tuple(obj))
         body = ",".join([head + _value(obj[k]) for k, head in zip(order, heads, strict=True)])
-    except _Slow:
+    except NeedsLibrary:
         return rfc8785.dumps(_jsonable(obj))
     return ("{" + body + "}").encode("utf-8")
 
@@ -129,7 +127,7 @@ def canonical_with(encoded: Mapping[str, str], fields: Mapping[str, Any]) -> byt
         members = {k: _value(v) for k, v in fields.items()}
         members.update(encoded)
         order, heads = _plan(tuple(members))
-    except _Slow:
+    except NeedsLibrary:
         return canonical({**{k: json.loads(v) for k, v in encoded.items()}, **fields})
     return ("{" + ",".join([h + members[k] for k, h in zip(order, heads, strict=True)]) + "}").encode("utf-8")
 

@@ -53,7 +53,7 @@ from agent import config as configmod
 from agent.config import Config
 from agent.exc import ColdgateError, ConfigError, StoreError
 from agent.ingest import Ingest
-from agent.store import Store
+from agent.store import Store, loss_details, tally_loss
 from agent.sync import Syncer
 from agent.timebase import Clock, rfc3339
 from drivers import registry
@@ -430,22 +430,14 @@ class Agent:
             dropped = [i for i in items if i["type"] == "reading"][:overflow]
             drop_ids = {id(i) for i in dropped}
             items = [i for i in items if id(i) not in drop_ids]
-            lost = self._lost
-            lost["count"] = lost.get("count", 0) + len(dropped)
-            for i in dropped:
-                lost.setdefault("sensors", {}).setdefault(i["sensor_id"], 0)
-                lost["sensors"][i["sensor_id"]] += 1
-                lost["first_ts"] = min(lost.get("first_ts", i["ts"]), i["ts"])
-                lost["last_ts"] = max(lost.get("last_ts", i["ts"]), i["ts"])
+            tally_loss(self._lost, dropped)
         self._pending_retry = items
 
     def _loss_event(self) -> dict[str, Any]:
         lost = self._lost
         return {"type": "event", "event": "data_loss", "ts": self.clock.now(),
                 "time_quality": self.ingest.time_quality(),
-                "details": {"reason": "store_unwritable", "what": "readings", "count": lost["count"],
-                            "sensors": lost["sensors"], "from": rfc3339(lost["first_ts"]),
-                            "to": rfc3339(lost["last_ts"]), "error": self._store_error}}
+                "details": {"reason": "store_unwritable", **loss_details(lost), "error": self._store_error}}
 
     # -- sync --------------------------------------------------------------------------
     async def _sync_loop(self) -> None:

@@ -70,6 +70,24 @@ _TEMPLATE_FIELDS = frozenset({*_TEMPLATE_KEYS, "value"})
 _SLOTS = {"prev_hash": '"%s"', "seq": "%d", "ts": '"%s"', "value": "%s"}  # in sorted key order
 
 
+def tally_loss(lost: dict[str, Any], readings: Iterable[Mapping[str, Any]]) -> None:
+    """Count lost readings into ``lost``: how many, per sensor, first and last time."""
+    sensors = lost.setdefault("sensors", {})
+    for item in readings:
+        lost["count"] = lost.get("count", 0) + 1
+        ts = float(item["ts"])
+        lost["first_ts"] = min(lost.get("first_ts", ts), ts)
+        lost["last_ts"] = max(lost.get("last_ts", ts), ts)
+        sid = str(item.get("sensor_id"))
+        sensors[sid] = sensors.get(sid, 0) + 1
+
+
+def loss_details(lost: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``data_loss`` event details of a :func:`tally_loss` count."""
+    return {"what": "readings", "count": lost["count"], "sensors": lost["sensors"],
+            "from": rfc3339(lost["first_ts"]), "to": rfc3339(lost["last_ts"])}
+
+
 def _json_word(word: str) -> str:
     return _WORDS.get(word) or json.dumps(word, ensure_ascii=False)
 
@@ -458,15 +476,7 @@ class Store:
         return kept
 
     def _count_loss(self, refused: Iterable[Mapping[str, Any]]) -> None:
-        lost = self._lost
-        for item in refused:
-            lost["count"] = lost.get("count", 0) + 1
-            ts = float(item["ts"])
-            lost["first_ts"] = min(lost.get("first_ts", ts), ts)
-            lost["last_ts"] = max(lost.get("last_ts", ts), ts)
-            sensors = lost.setdefault("sensors", {})
-            sid = str(item.get("sensor_id"))
-            sensors[sid] = sensors.get(sid, 0) + 1
+        tally_loss(self._lost, refused)
 
     def _loss_event(self, *, final: bool) -> list[dict[str, Any]]:
         if not self._lost:
@@ -475,11 +485,7 @@ class Store:
         self._last_loss_event = time.monotonic()
         details = {
             "reason": "store_full",
-            "what": "readings",
-            "count": lost["count"],
-            "sensors": lost["sensors"],
-            "from": rfc3339(lost["first_ts"]),
-            "to": rfc3339(lost["last_ts"]),
+            **loss_details(lost),
             "quota_bytes": self.quota_bytes,
             "still_refusing": not final,
         }
