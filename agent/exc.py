@@ -19,6 +19,7 @@ __all__ = [
     "StoreFull",
     "SyncError",
     "SyncRejected",
+    "SyncTooLarge",
     "SyncTransient",
 ]
 
@@ -78,3 +79,7 @@ class AuthRefused(SyncError):
 
 class SyncTransient(SyncError):
     """408, 429, 5xx, network errors and timeouts: retried with backoff."""
+
+
+class SyncTooLarge(SyncError):
+    """413: the batch is too large for the server; the uplink splits it (one record: refused)."""

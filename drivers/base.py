@@ -69,6 +69,12 @@ class Sink(Protocol):
     def driver_event(self, driver: str, event: str, details: Mapping[str, Any]) -> None:
         """Record a driver lifecycle event: ``driver_error``, ``driver_recovered``."""
 
+    # A sink may also offer ``driver_state(driver, state)``: the driver's own state (a
+    # JSON-able mapping, e.g. BLE replay counters per device), committed to the store in
+    # the same transaction as the readings delivered before the call, and handed back to
+    # :meth:`Driver.load_state` when the agent starts the driver again (even after a
+    # SIGKILL). Call it after delivering the readings the state admitted.
+
 
 class Options(BaseModel):
     """Base of every driver's options model: unknown keys are refused."""
@@ -157,6 +163,9 @@ class Driver(abc.ABC):
         self._stopping = asyncio.Event() if _has_loop() else None
 
     # -- what a driver writes -------------------------------------------------------
+    def load_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Take the state this driver last gave ``sink.driver_state`` (called before :meth:`run`)."""
+
     def _open(self) -> None:  # noqa: B027 - optional hook
         """Open the device (blocking). Raise DriverUnavailable when it cannot be had."""
 

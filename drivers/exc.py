@@ -14,6 +14,7 @@ not import ``agent``; :mod:`agent.exc` re-exports it and adds the agent's own ph
     └── SyncError                  agent.exc: the uplink (carries ``status``, ``retry_after``)
         ├── SyncRejected           400/422: the batch is malformed for this server
         ├── AuthRefused            401/403: credentials refused
+        ├── SyncTooLarge           413: split and retried
         └── SyncTransient          408/429/5xx, network errors, timeouts
 
 Library errors (``serial.SerialException``, ``OSError``, ``BleakError``, pymodbus
