@@ -21,17 +21,20 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from drivers.exc import DecodeError, DriverError, DriverIOError, DriverUnavailable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Reading(NamedTuple):
@@ -93,6 +96,8 @@ class DriverStatus:
     counters: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
     last_error_at: float | None = None
+    #: when the driver recovered from ``last_error`` (None while it lasts)
+    resolved_at: float | None = None
     next_retry_at: float | None = None
     restarts: int = 0
     #: Driver-specific status (per-sensor RSSI and last-heard, port names, …), JSON-able.
@@ -104,6 +109,7 @@ class DriverStatus:
             "counters": dict(self.counters),
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
+            "resolved_at": self.resolved_at,
             "next_retry_at": self.next_retry_at,
             "restarts": self.restarts,
             "details": self.details,
@@ -160,6 +166,7 @@ class Driver(abc.ABC):
         self.status = DriverStatus()
         self.log = logging.getLogger(f"coldgate.driver.{name}")
         self.noisy = RateLimitedLog(self.log)
+        self._stop_flag = threading.Event()
         self._stopping = asyncio.Event() if _has_loop() else None
 
     # -- what a driver writes -------------------------------------------------------
@@ -190,89 +197,207 @@ class Driver(abc.ABC):
     async def _aclose(self) -> None:
         await asyncio.to_thread(self._close)
 
+    @property
+    def blocking(self) -> bool:
+        """True for a driver that reads with blocking calls (it does not override ``_aread``)."""
+        return type(self)._aread is Driver._aread
+
     # -- the public loop --------------------------------------------------------------
     def stop(self) -> None:
-        """Ask :meth:`run` to return after the current read."""
+        """Ask :meth:`run` to return after the current read (at most ``read_timeout_s``)."""
+        self._stop_flag.set()
         if self._stopping is None:
             self._stopping = asyncio.Event()
         self._stopping.set()
 
     @property
     def stopping(self) -> bool:
-        return self._stopping is not None and self._stopping.is_set()
+        return self._stop_flag.is_set()
 
     async def run(self, sink: Sink) -> None:
-        """Open, read and deliver until :meth:`stop`; on failure report, back off, reopen."""
+        """Open, read and deliver until :meth:`stop`; on failure report, back off, reopen.
+
+        A blocking driver runs this whole loop on a thread of its own, so a read costs no
+        hand-off between threads (at 100 lines/s a hand-off per read was most of the
+        agent's CPU), and a sink that is full (the agent's bounded intake) simply makes
+        the thread wait: backpressure reaches the device instead of growing memory. An
+        asyncio driver runs it on the event loop and awaits the sink's room.
+        """
         if self._stopping is None:
             self._stopping = asyncio.Event()
-        attempt = 0
-        failed = False
+        if self.blocking:
+            await run_in_thread(lambda: self._run_blocking(sink), name=f"coldgate-driver-{self.name}")
+        else:
+            await self._run_async(sink)
+        self.status.state = "stopped"
+
+    def _run_blocking(self, sink: Sink) -> None:
+        life = _Lifecycle(self, sink)
+        while not self.stopping:
+            opened = False
+            try:
+                self.status.state = "starting"
+                self._open()
+                opened = True
+                life.opened()
+                while not self.stopping:
+                    batch = self._read(self.read_timeout_s)
+                    if batch:
+                        life.deliver(batch)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal
+                delay = life.failed(exc, opened)
+                self._stop_flag.wait(delay)
+            finally:
+                if opened:
+                    with contextlib.suppress(Exception):
+                        self._close()
+
+    async def _run_async(self, sink: Sink) -> None:
+        life = _Lifecycle(self, sink)
+        wait_room = getattr(sink, "wait_room", None)
         while not self.stopping:
             opened = False
             try:
                 self.status.state = "starting"
                 await self._aopen()
                 opened = True
-                self.status.state = "running"
-                self.status.next_retry_at = None
-                if failed:
-                    sink.driver_event(self.name, "driver_recovered", {"after_restarts": self.status.restarts})
-                    self.log.info("%s recovered", self.name)
-                    failed = False
-                deliver_many = getattr(sink, "reading_batch", None)
-                if not callable(deliver_many):
-                    deliver_many = None
+                life.opened()
                 while not self.stopping:
                     batch = await self._aread(self.read_timeout_s)
-                    if not batch:
-                        continue
-                    if deliver_many is not None:
-                        batch = list(batch)
-                        self.status.counters["readings"] += len(batch)
-                        deliver_many(batch)
-                    else:
-                        for reading in batch:
-                            self.status.counters["readings"] += 1
-                            sink.reading(reading)
-                    attempt = 0
+                    if batch:
+                        life.deliver(batch)
+                        if wait_room is not None:
+                            await wait_room()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal
-                failed = True
-                self._report(sink, exc, opened)
-                delay = backoff_delay(attempt, base=self.backoff_base_s, cap=self.backoff_cap_s)
-                attempt += 1
-                self.status.restarts += 1
-                self.status.state = "backoff"
-                self.status.next_retry_at = time.time() + delay
+                delay = life.failed(exc, opened)
                 assert self._stopping is not None
                 await wait_event(self._stopping, delay)
             finally:
                 if opened:
                     with contextlib.suppress(Exception):
                         await self._aclose()
-        self.status.state = "stopped"
 
-    def _report(self, sink: Sink, exc: BaseException, opened: bool) -> None:
-        if isinstance(exc, DriverError):
-            kind = type(exc).__name__
-            msg = str(exc.args[0]) if exc.args else kind
-        elif isinstance(exc, DecodeError):  # a driver let one escape: still not fatal
-            kind, msg = "DecodeError", str(exc)
+
+class _Lifecycle:
+    """What both read loops share: delivery, and failures reported as episodes.
+
+    A device that stays unplugged for an hour is one ``driver_error`` (when the failure
+    began, with the error) and one ``driver_recovered`` (how long it lasted, how many
+    reopen attempts), not an event per retry: the stream and the journal say what
+    happened without drowning the readings. While it lasts the log repeats the error
+    at a limited rate and ``status`` shows the latest error and its time.
+    """
+
+    def __init__(self, driver: Driver, sink: Sink) -> None:
+        self.driver, self.sink = driver, sink
+        self.attempt = 0
+        self.episode_began: float | None = None  # monotonic
+        self.episode_retries = 0
+        deliver_many = getattr(sink, "reading_batch", None)
+        self.deliver_many = deliver_many if callable(deliver_many) else None
+
+    def opened(self) -> None:
+        d = self.driver
+        d.status.state = "running"
+        d.status.next_retry_at = None
+        if self.episode_began is not None:
+            self.recovered()
+
+    def deliver(self, batch: Iterable[Reading]) -> None:
+        d = self.driver
+        if self.deliver_many is not None:
+            batch = list(batch)
+            d.status.counters["readings"] += len(batch)
+            self.deliver_many(batch)
         else:
-            kind = "DriverIOError" if opened else "DriverUnavailable"
-            msg = f"{type(exc).__name__}: {exc}"
-        self.status.last_error = f"{kind}: {msg}"
-        self.status.last_error_at = time.time()
-        self.status.counters["errors"] += 1
-        level = logging.WARNING if isinstance(exc, (DriverUnavailable, DriverIOError)) else logging.ERROR
-        self.log.log(level, "%s %s: %s (retrying with backoff)", self.name, kind, msg,
-                     exc_info=level == logging.ERROR)
-        sink.driver_event(
-            self.name,
-            "driver_error",
-            {"driver": self.name, "type": self.type_name, "error": kind, "message": msg, "phase": "read" if opened else "open"},
-        )
+            for reading in batch:
+                d.status.counters["readings"] += 1
+                self.sink.reading(reading)
+        self.attempt = 0
+
+    def recovered(self) -> None:
+        d = self.driver
+        assert self.episode_began is not None
+        lasted = time.monotonic() - self.episode_began
+        self.sink.driver_event(d.name, "driver_recovered", {
+            "driver": d.name, "type": d.type_name, "retries": self.episode_retries,
+            "duration_s": round(lasted, 3), "error": d.status.last_error})
+        d.log.info("%s recovered after %.1f s and %d retr%s", d.name, lasted, self.episode_retries,
+                   "y" if self.episode_retries == 1 else "ies")
+        d.status.resolved_at = time.time()
+        self.episode_began, self.episode_retries = None, 0
+
+    def failed(self, exc: BaseException, opened: bool) -> float:
+        """Report a failure; the backoff delay before the next attempt."""
+        d = self.driver
+        kind, msg = _describe(exc, opened)
+        d.status.last_error = f"{kind}: {msg}"
+        d.status.last_error_at = time.time()
+        d.status.resolved_at = None
+        d.status.counters["errors"] += 1
+        first = self.episode_began is None
+        if first:
+            self.episode_began = time.monotonic()
+            self.sink.driver_event(d.name, "driver_error", {
+                "driver": d.name, "type": d.type_name, "error": kind, "message": msg,
+                "phase": "read" if opened else "open"})
+        else:
+            self.episode_retries += 1
+        expected = isinstance(exc, (DriverUnavailable, DriverIOError))
+        if first or not expected:
+            d.log.log(logging.WARNING if expected else logging.ERROR, "%s %s: %s (retrying with backoff)",
+                      d.name, kind, msg, exc_info=not expected)
+        else:
+            d.noisy.warning("retry", "%s still failing: %s: %s", d.name, kind, msg)
+        delay = backoff_delay(self.attempt, base=d.backoff_base_s, cap=d.backoff_cap_s)
+        self.attempt += 1
+        d.status.restarts += 1
+        d.status.state = "backoff"
+        d.status.next_retry_at = time.time() + delay
+        return delay
+
+
+def _describe(exc: BaseException, opened: bool) -> tuple[str, str]:
+    if isinstance(exc, DriverError):
+        kind = type(exc).__name__
+        return kind, str(exc.args[0]) if exc.args else kind
+    if isinstance(exc, DecodeError):  # a driver let one escape: still not fatal
+        return "DecodeError", str(exc)
+    return ("DriverIOError" if opened else "DriverUnavailable"), f"{type(exc).__name__}: {exc}"
+
+
+async def run_in_thread(fn: Callable[[], T], *, name: str) -> T:
+    """Run ``fn`` on a new daemon thread of its own and await its result.
+
+    Not the default executor: it has a handful of workers, and a gateway with more
+    blocking drivers than that would starve the rest.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, fut, None, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, fut, result, None)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await fut
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:

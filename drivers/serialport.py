@@ -16,6 +16,7 @@ its newline, so noise from a wrong baud rate cannot grow memory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections import Counter
@@ -54,9 +55,15 @@ class SerialOptions(Options):
 
 
 def open_port(opts: SerialOptions, *, timeout: float | None = 1.0, driver: str | None = None) -> serial.SerialBase:
-    """Open ``opts.port``; raise :class:`DriverUnavailable` with the reason when it cannot be had."""
+    """Open ``opts.port``; raise :class:`DriverUnavailable` with the reason when it cannot be had.
+
+    What waits in the tty's input buffer is kept: pyserial flushes it on open, which threw
+    away every line a logger sent while the agent restarted or the port was reopened
+    (255 lines at one reopen during a flood). A partial first line is the line reader's
+    business, like any other bad line.
+    """
     try:
-        return serial.serial_for_url(
+        port = serial.serial_for_url(
             opts.port,
             baudrate=opts.baudrate,
             bytesize=opts.bytesize,
@@ -64,11 +71,31 @@ def open_port(opts: SerialOptions, *, timeout: float | None = 1.0, driver: str |
             stopbits=opts.stopbits,
             timeout=timeout,
             exclusive=True,
+            do_not_open=True,
         )
+        _open_keeping_input(port)
+        return port
     except serial.SerialException as exc:
         raise DriverUnavailable(_open_reason(opts.port, exc), driver=driver) from exc
     except (OSError, ValueError) as exc:  # termios errors, bad URL or settings
         raise DriverUnavailable(f"cannot open {opts.port}: {exc}", driver=driver) from exc
+
+
+def _open_keeping_input(port: serial.SerialBase) -> None:
+    """``port.open()`` without the flush of pending input that pyserial does on open."""
+    names = [n for n in ("_reset_input_buffer", "reset_input_buffer") if hasattr(port, n)]
+    for name in names:
+        setattr(port, name, _keep)  # shadows the method on this instance only
+    try:
+        port.open()
+    finally:
+        for name in names:
+            with contextlib.suppress(AttributeError):
+                delattr(port, name)
+
+
+def _keep() -> None:
+    """Stands in for pyserial's input flush while a port opens."""
 
 
 def _open_reason(port: str, exc: serial.SerialException) -> str:

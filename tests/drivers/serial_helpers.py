@@ -71,14 +71,23 @@ class CollectingSink:
         self.readings: list[Reading] = []
         self.events: list[tuple[str, str, dict[str, Any]]] = []
         self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _notify(self) -> None:
+        # blocking drivers deliver from their own thread: wake the loop thread-safely
+        loop = self._loop
+        if loop is None:
+            self._changed.set()
+        else:
+            loop.call_soon_threadsafe(self._changed.set)
 
     def reading(self, reading: Reading) -> None:
         self.readings.append(reading)
-        self._changed.set()
+        self._notify()
 
     def driver_event(self, driver: str, event: str, details: Any) -> None:
         self.events.append((driver, event, dict(details)))
-        self._changed.set()
+        self._notify()
 
     def of(self, sensor_id: str, quantity: str) -> list[float]:
         return [r.value for r in self.readings if r.sensor_id == sensor_id and r.quantity == quantity]
@@ -88,7 +97,7 @@ class CollectingSink:
 
     async def wait_for(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait until ``cond()`` holds, woken by every reading and event."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not cond():
             remaining = deadline - loop.time()

@@ -70,6 +70,29 @@ def test_an_unplugged_pty_fails_the_read_as_driver_io_error(tmp_path):
         dev.close()
 
 
+def test_lines_waiting_in_the_tty_before_the_port_opens_are_read_not_flushed(tmp_path):
+    """A logger that wrote while the agent restarted (or the port was reopened) loses nothing:
+    pyserial's flush of pending input on open is not done."""
+    dev = PtyDevice(tmp_path / "logger")
+    try:
+        sent = b"".join(b"T,%d\r\n" % i for i in range(200))
+        dev.write(sent)  # before anyone has the port open
+        port = open_port(SerialOptions(port=str(dev.link)), timeout=0.2)
+        try:
+            reader = LineReader(port, max_line=64)
+            lines: list[bytes] = []
+            while len(lines) < 200:
+                got = reader.read_lines(0.2)
+                if not got:
+                    break
+                lines += got
+        finally:
+            port.close()
+        assert lines == [b"T,%d" % i for i in range(200)]
+    finally:
+        dev.close()
+
+
 def test_loop_url_round_trips_lines_and_times_out_empty():
     port = open_port(SerialOptions(port="loop://"))
     reader = LineReader(port, 64)
