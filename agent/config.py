@@ -47,7 +47,12 @@ class StoreConfig(Model):
         description="share of the quota kept for alarms and events once readings are refused",
     )
     commit_interval_s: float = Field(
-        default=0.5, gt=0, le=1.0, description="group commit: a reading is durable within this time of arrival"
+        default=0.1, ge=0.01, le=1.0,
+        description="group commit: a reading is durable within this time of arrival (the crash window in seconds)",
+    )
+    commit_max: int = Field(
+        default=2000, ge=1, le=100_000,
+        description="group commit: commit at once when this many records are pending (the crash window in records)",
     )
 
 
@@ -85,6 +90,13 @@ class UplinkConfig(Model):
             netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
             return urlunsplit(parts._replace(netloc=netloc))
         return self.url
+
+
+class ControlConfig(Model):
+    socket: Path = Field(
+        default=Path("/run/coldgate/control.sock"),
+        description="Unix socket the CLI talks to the running agent on (systemd RuntimeDirectory=coldgate)",
+    )
 
 
 class TimeConfig(Model):
@@ -137,6 +149,7 @@ class Config(Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     store: StoreConfig = StoreConfig()
     uplink: UplinkConfig = UplinkConfig()
+    control: ControlConfig = ControlConfig()
     time: TimeConfig = TimeConfig()
     recording: RecordingConfig = RecordingConfig()
     drivers: list[DriverConfig] = Field(default_factory=list)
@@ -184,8 +197,12 @@ def _mask_tree(v: Any) -> Any:
 # -- loading ---------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike[str]) -> Config:
-    """Read, validate and resolve a config file. Raises :class:`ConfigError` with every problem."""
+def load(path: str | os.PathLike[str], *, base_dir: Path | None = None) -> Config:
+    """Read, validate and resolve a config file. Raises :class:`ConfigError` with every problem.
+
+    Relative paths in it are taken from its folder, or from ``base_dir`` (a candidate
+    file checked before it replaces the live one resolves as the live one would).
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -193,7 +210,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(str(p), [ConfigProblem("", f"cannot read: {exc.strerror or exc}")]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(str(p), [ConfigProblem("", f"not UTF-8 text: {exc}")]) from exc
-    return loads(text, source=str(p), base_dir=p.parent)
+    return loads(text, source=str(p), base_dir=base_dir or p.parent)
 
 
 def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
@@ -283,10 +300,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         return None if p is None or p.is_absolute() else (base / p).resolve()
 
     store = config.store.model_copy(update={"path": fix(config.store.path)}) if not config.store.path.is_absolute() else config.store
+    control = config.control
+    if not control.socket.is_absolute():
+        control = control.model_copy(update={"socket": fix(control.socket)})
     up = config.uplink
     updates = {k: fix(getattr(up, k)) for k in ("token_file", "ca_bundle", "client_cert", "client_key") if getattr(up, k) is not None and not getattr(up, k).is_absolute()}
     uplink = up.model_copy(update=updates) if updates else up
-    return config.model_copy(update={"store": store, "uplink": uplink})
+    return config.model_copy(update={"store": store, "uplink": uplink, "control": control})
 
 
 def check_secret_file(path: Path, what: str) -> str:

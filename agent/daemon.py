@@ -1,34 +1,27 @@
-"""``coldgate run``: the agent's event loop, and what holds it together.
+"""``coldgate run``: the supervisor of the agent's parts, one job each.
 
-One asyncio loop; blocking work is kept off it. The store's writes run on one dedicated
-thread (SQLite connections stay on their thread), each sync pass on a daemon thread of
-its own with its own connection (so a hung request never holds up a reading or a
-shutdown). The tasks:
+::
 
-drivers
-    each configured driver's :meth:`drivers.base.Driver.run`, delivering to
-    :class:`agent.ingest.Ingest` (stamp, calibrate, judge, decimate);
-writer
-    group commit: every ``store.commit_interval_s`` (≤ 1 s) the buffered items and the
-    rule engine's state go into the store in one transaction;
-sync
-    drains the store to the uplink when there is something to send and the backoff
-    allows; an alarm or ``SIGUSR1`` (``coldgate sync --now``) sends at once;
-housekeeping
-    once a second: time-driven rules, commands from the CLI (alarm acknowledgements),
-    clock supervision, the status file, pruning of acknowledged records.
+    drivers ──► intake (bounded) ──► writer ──────────────► store (SQLite)
+    (threads, or       ▲            ingest + rules,             │
+     the event loop)   │            group commit                │ wakes
+                       │                                        ▼
+    clock watch ───────┤                                 uplink loop ──► transport ──► central
+    control socket ────┘  (status, sync, apply, ack…)    (thread)        (http | fake | mqtt)
+    systemd notify + watchdog
 
-Signals: ``SIGTERM``/``SIGINT`` commit what is held and exit 0; ``SIGHUP`` re-reads the
-config, applies it only if it is valid (``config_applied``), else keeps the running one
-and records ``config_rejected`` with every reason; ``SIGUSR1`` syncs now.
+The supervisor builds the parts with what they need and wires their seams; no part
+reaches into another. Threads: the writer owns the store's write connection, the ingest
+and the rule engine (one thread, so every commit holds the records *and* the state that
+made them); the uplink loop owns a second connection and the transport; each blocking
+driver has its own read thread. The event loop runs the asyncio drivers (BLE), the
+control socket, the clock watch, alarm actions and the systemd watchdog. Anything that
+must touch what the writer owns is posted to it (``intake.call``).
 
-Time correction (append-only): records taken while the clock was unsynchronised keep
-their stamp and ``time_quality: unsynced``. When the clock becomes synchronised, a
-``clock_step`` event is appended that gives, per run of such records of this boot
-(``first_seq``..``last_seq``), the ``offset_s`` to add: computed from the monotonic
-clock (``CLOCK_BOOTTIME``), as ``(wall - boottime)`` now minus ``(wall - boottime)`` when
-they were stamped. Readings not yet committed are stamped right and marked
-``corrected``. Nothing already chained is rewritten.
+Signals are aliases for systemd: ``SIGTERM``/``SIGINT`` stop (everything taken is
+committed, what cannot be is spilled for the next start, pending records are sent if
+the uplink answers within ``FINAL_SYNC_S``), ``SIGHUP`` reloads, ``SIGUSR1`` syncs now.
+The CLI uses the control socket (:mod:`agent.control`), never signals.
 """
 
 from __future__ import annotations
@@ -37,72 +30,43 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agent import __version__
 from agent import config as configmod
+from agent.clockwatch import CHECK_EVERY_S, ClockWatch
 from agent.config import Config
-from agent.exc import ColdgateError, ConfigError, StoreError
+from agent.control import ControlServer
+from agent.driverset import DriverSet
+from agent.exc import ColdgateError, ConfigError, ControlRefused, StoreError
 from agent.ingest import Ingest
-from agent.store import Store, loss_details, tally_loss
-from agent.sync import Syncer
+from agent.intake import Intake
+from agent.notify import Notifier
+from agent.stamp import Stamper
+from agent.store import Store
 from agent.timebase import Clock, rfc3339
-from drivers import registry
-from drivers.base import Driver, Reading, wait_event
+from agent.uplink import transport_for
+from agent.uplink.base import Transport
+from agent.uplink.loop import UplinkLoop
+from agent.writer import Writer, spill_path
 
 log = logging.getLogger("coldgate")
 
 T = TypeVar("T")
 
-#: Items kept in memory while the store cannot take them (disk full); beyond, the
-#: oldest readings are dropped and counted in a data_loss event.
-MAX_BUFFER = 200_000
-STATUS_EVERY_S = 2.0
-STORE_STATS_EVERY_S = 10.0
-CLOCK_CHECK_EVERY_S = 2.0
-CLOCK_STEP_THRESHOLD_S = 2.0
-#: The rule state is committed at least this often while every sensor is in range.
-STATE_EVERY_S = 10.0
 #: How long a stopping agent may spend sending what is pending.
 FINAL_SYNC_S = 3.0
-
-
-def status_path(store_path: Path) -> Path:
-    return store_path.with_name(store_path.name + ".status.json")
-
-
-def pid_path(store_path: Path) -> Path:
-    return store_path.with_name(store_path.name + ".pid")
-
-
-def running_pid(store_path: Path) -> int | None:
-    """The pid of the daemon that holds this store, or None when none runs."""
-    p = pid_path(store_path)
-    try:
-        fd = os.open(p, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return int(Path(p).read_text().strip() or 0) or None
-            except (OSError, ValueError):
-                return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+#: How long a control request may wait for the writer (a stuck writer makes status say so).
+WRITER_ANSWER_S = 3.0
+#: A part that has not made progress for this long is stuck (no watchdog feed).
+STUCK_AFTER_S = 30.0
 
 
 def config_digest(path: Path | None) -> str | None:
@@ -114,552 +78,470 @@ def config_digest(path: Path | None) -> str | None:
         return None
 
 
-class _DriverSink:
-    """The sink one driver delivers to: tags readings and events with the driver's name."""
-
-    def __init__(self, agent: Agent, name: str) -> None:
-        self.agent, self.name = agent, name
-
-    def reading(self, reading: Reading) -> None:
-        self.agent.ingest.reading(reading, driver=self.name)
-
-    def reading_batch(self, batch: list[Reading]) -> None:
-        self.agent.ingest.readings(batch, driver=self.name)
-
-    def driver_event(self, driver: str, event: str, details: Mapping[str, Any]) -> None:
-        self.agent.ingest.event(event, {"driver": driver, **details})
+def lock_path(store_path: Path) -> Path:
+    return store_path.with_name(store_path.name + ".lock")
 
 
 class Agent:
     """The running agent. ``await Agent(config).run()`` until stopped."""
 
-    def __init__(self, config: Config, *, config_path: Path | None = None, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, *, config_path: Path | None = None, clock: Clock | None = None,
+                 transport: Callable[[], Transport] | None = None, env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.clock = clock or Clock(config.time.sync_source)
-        self.store: Store | None = None
-        self.drivers: dict[str, Driver] = {}
-        self.driver_errors: dict[str, str] = {}
-        self._driver_tasks: dict[str, asyncio.Task[None]] = {}
-        self._stop = asyncio.Event()
-        self._flush_now = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._reload_lock = asyncio.Lock()
-        self._sync_now = asyncio.Event()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="coldgate-store")
-        self._pending_retry: list[dict[str, Any]] = []
-        self._lost: dict[str, Any] = {}
-        self._store_error: str | None = None
-        self._store_stats: dict[str, Any] = {}
-        self._lock_fd: int | None = None
+        self.stamper = Stamper(clock or Clock(config.time.sync_source))
+        self.intake = Intake(self.stamper)
+        self.ingest = Ingest(config, self.stamper, on_alarm=self._on_alarm)
+        self.writer = Writer(self._open_store, self.intake, self.ingest, self.stamper,
+                             commit_interval_s=config.store.commit_interval_s, commit_max=config.store.commit_max,
+                             spill=spill_path(config.store.path))
+        self._transport_factory = transport
+        self.uplink = UplinkLoop(self._open_reader, self._make_transport(config), config.uplink, config.gateway_id,
+                                 self.stamper, self.intake.put_item)
+        self.writer.on_commit = self.uplink.wake
+        self.drivers = DriverSet(self.intake, self._driver_state)
+        self.clock_watch = ClockWatch(self.stamper, on_synced=self._clock_synced, post=self.intake.put_item)
+        self.notifier = Notifier(env)
+        #: a part that makes no progress for this long is stuck: half the watchdog interval,
+        #: so that systemd restarts the agent within one interval of it getting stuck
+        self.stuck_after_s = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else STUCK_AFTER_S
+        self.writer.max_wait_s = self.uplink.max_wait_s = min(1.0, self.stuck_after_s / 4)
+        self.control = ControlServer(config.control.socket, {
+            "ping": self._cmd_ping, "status": self._cmd_status, "sync": self._cmd_sync,
+            "apply": self._cmd_apply, "reload": self._cmd_reload, "alarm_ack": self._cmd_alarm_ack,
+            "retry_set_aside": self._cmd_retry_set_aside,
+        })
         self.engine: Any = None
-        self.syncer: Syncer | None = None
         self.started_at = time.time()
-        self._actions: set[asyncio.Task[Any]] = set()
-        self._corrected_upto = 0  # unsynced records up to this seq have had their clock_step
-        self._state_saved_at = 0.0
-        self._rel = 0.0  # wall - boottime at the last clock check
-        self._stats_at = -STORE_STATS_EVERY_S
-        self._out_of_range: frozenset[str] = frozenset()
-        self.ingest = Ingest(config, self.clock)
+        self.loop_heartbeat = time.monotonic()
+        self._stop = asyncio.Event()
+        #: set once the store is open and the drivers started (when systemd hears READY=1)
+        self.ready = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lock_fd: int | None = None
+        self._status_store: Store | None = None
+        self.stuck: str | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- construction helpers --------------------------------------------------------
+    def _open_store(self) -> Store:
+        cfg = self.config.store
+        return Store.open(cfg.path, gateway_id=self.config.gateway_id, quota_bytes=int(cfg.quota_mb * (1 << 20)),
+                          reserve_pct=cfg.reserve_pct, keep_acked=cfg.keep_acked, stamper=self.stamper)
+
+    def _open_reader(self) -> Store:
+        cfg = self.config.store
+        return Store.open(cfg.path, gateway_id=self.config.gateway_id, keep_acked=cfg.keep_acked, check=False,
+                          create=False, stamper=self.stamper)
+
+    def _make_transport(self, config: Config) -> Callable[[], Transport] | None:
+        if self._transport_factory is not None:
+            return self._transport_factory
+        return transport_for(config.uplink)
+
+    async def _writer_call(self, fn: Callable[[], T], timeout: float = WRITER_ANSWER_S) -> T:
+        """Run ``fn`` on the writer's thread (it owns the store, the ingest, the rules)."""
+        fut: Future[T] = self.intake.call(fn)
+        return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+
+    async def _driver_state(self, name: str) -> Mapping[str, Any] | None:
+        def load() -> Any:
+            store = self.writer.store
+            return store.load_state(f"driver:{name}") if store is not None else None
+
+        try:
+            return await self._writer_call(load, timeout=30.0)
+        except Exception as exc:  # noqa: BLE001 - a driver starts without its state rather than not at all
+            log.warning("state of driver %s could not be loaded: %s", name, exc)
+            return None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._event_loop = asyncio.get_running_loop()
         cfg = self.config
         # first of all, so that a SIGTERM during start-up still commits and exits cleanly
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
-                             (signal.SIGHUP, self.request_reload), (signal.SIGUSR1, self.request_sync)):
+                             (signal.SIGHUP, self._on_sighup), (signal.SIGUSR1, self._on_sigusr1)):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
         self._take_lock(cfg.store.path)
         try:
-            self.store = await self._in_writer(lambda: Store.open(
-                cfg.store.path, gateway_id=cfg.gateway_id, quota_bytes=int(cfg.store.quota_mb * (1 << 20)),
-                reserve_pct=cfg.store.reserve_pct, keep_acked=cfg.store.keep_acked, clock=self.clock))
-            if self.store.gateway_id != cfg.gateway_id:
+            await self.control.start()
+        except BaseException:
+            self._release_lock()
+            raise
+        try:
+            self.writer.start()
+            store = await asyncio.wrap_future(self.writer.opened)
+            if store is not None and store.gateway_id != cfg.gateway_id:
                 log.warning("store %s belongs to gateway %r, config says %r; keeping the store's id",
-                            cfg.store.path, self.store.gateway_id, cfg.gateway_id)
+                            cfg.store.path, store.gateway_id, cfg.gateway_id)
+            self.uplink.gateway_id = store.gateway_id if store is not None else cfg.gateway_id
             await self._start_engine(cfg)
-            self.ingest.event("agent_started", {"version": __version__, "pid": os.getpid(),
-                                                "config": str(self.config_path) if self.config_path else None})
-            self.ingest.event("config_applied", {"source": str(self.config_path) if self.config_path else None,
-                                                 "sha256": config_digest(self.config_path), "at": "start"})
-            self._start_drivers(cfg)
-            tasks = [asyncio.create_task(c, name=n) for n, c in (
-                ("writer", self._writer_loop()), ("sync", self._sync_loop()),
-                ("housekeeping", self._housekeeping_loop()))]
-            log.info("coldgate %s running: gateway %s, store %s, %d driver(s), uplink %s", __version__,
-                     cfg.gateway_id, cfg.store.path, len(self.drivers), cfg.uplink.masked_url() or "none")
+            self.intake.put_item(self.stamper.event("agent_started", {
+                "version": __version__, "pid": os.getpid(),
+                "config": str(self.config_path) if self.config_path else None}))
+            self.intake.put_item(self.stamper.event("config_applied", {
+                "source": str(self.config_path) if self.config_path else None,
+                "sha256": config_digest(self.config_path), "at": "start"}))
+            self.uplink.start()
+            await self.drivers.start(cfg.drivers)
+            for coro, name in ((self._clock_loop(), "clock"), (self._watchdog_loop(), "watchdog")):
+                self._spawn(coro, name)
+            log.info("coldgate %s running: gateway %s, store %s, %d driver(s), uplink %s, control %s",
+                     __version__, cfg.gateway_id, cfg.store.path, len(self.drivers.drivers),
+                     cfg.uplink.masked_url() or "none", cfg.control.socket)
+            self.notifier.ready(self.one_line())
+            self.ready.set()
             await self._stop.wait()
-            log.info("stopping: committing what is held")
-            await self._stop_drivers()
-            writer, sync_task, housekeeping = tasks
-            housekeeping.cancel()
-            self._flush_now.set()  # the writer sees the stop, commits and returns
-            await asyncio.gather(writer, housekeeping, return_exceptions=True)
-            self._state_saved_at = -STATE_EVERY_S  # the last commit carries the state
-            self.ingest.report_invalid()
-            self.ingest.event("agent_stopped", {"reason": "signal"})
-            await self.flush()
-            await self._final_sync()
-            sync_task.cancel()
-            await asyncio.gather(sync_task, return_exceptions=True)
-            self._stats_at = -STORE_STATS_EVERY_S
-            await self._write_status()
+            await self._shutdown()
             return 0
         finally:
-            if self.store is not None:
-                await self._in_writer(self.store.close)
-            self._writer.shutdown(wait=True)
-            self._release_lock(cfg.store.path)
+            await self.control.close()
+            if self.writer.alive:  # start-up failed half-way: still commit what was taken
+                await asyncio.to_thread(self.writer.stop)
+            self.uplink.stop(timeout=1.0)
+            if self._status_store is not None:
+                self._status_store.close(sidecar=False)
+            self.notifier.close()
+            self._release_lock()
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: committing what is held")
+        self.notifier.stopping()
+        await self.drivers.stop_all()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+        def last_words() -> None:
+            self.ingest.report_invalid()
+            self.ingest.event("agent_stopped", {"reason": "signal"})
+            self.writer.flush()
+
+        with contextlib.suppress(Exception):
+            await self._writer_call(last_words, timeout=30.0)
+        await self._final_sync()
+        await asyncio.to_thread(self.writer.stop)
 
     def stop(self) -> None:
         self._stop.set()
 
-    def request_sync(self) -> None:
-        if self.syncer is not None:
-            self.syncer.retry_now()
-        self._sync_now.set()
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)  # held until done: a task nobody references may be collected
+        task.add_done_callback(self._tasks.discard)
+        return task
 
-    def request_reload(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.reload())
-        self._actions.add(task)  # held until done: a task nobody references may be collected
-        task.add_done_callback(self._actions.discard)
+    def _on_sighup(self) -> None:
+        self._spawn(self.reload(), "reload")
+
+    def _on_sigusr1(self) -> None:
+        self.uplink.sync_now()
 
     def _take_lock(self, store_path: Path) -> None:
+        """One agent per store (an flock, not a channel: nobody reads a pid from it)."""
         store_path.parent.mkdir(parents=True, exist_ok=True)
-        p = pid_path(store_path)
-        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path(store_path), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StoreError(f"another coldgate (pid {running_pid(store_path)}) already runs on {store_path}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+            raise StoreError(f"another coldgate already runs on {store_path}") from None
         self._lock_fd = fd
 
-    def _release_lock(self, store_path: Path) -> None:
+    def _release_lock(self) -> None:
         if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                pid_path(store_path).unlink()
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    async def _in_writer(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+    async def _final_sync(self) -> None:
+        """On the way out, send what is pending if the uplink answers at once (bounded)."""
+        if not self.uplink.alive:
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.uplink.sync_now()), FINAL_SYNC_S)
+        except TimeoutError:
+            log.info("final sync did not finish within %.0f s; the rest goes at the next start", FINAL_SYNC_S)
 
     # -- rules -------------------------------------------------------------------------
     async def _start_engine(self, cfg: Config) -> None:
         from agent.rules.engine import RuleEngine, Sample
 
-        assert self.store is not None
-        state = await self._in_writer(lambda: self.store.load_state("rules") if self.store else None)
-        assignments = {s.id: s.profile for s in cfg.sensors if s.profile}
-        self.engine = RuleEngine(cfg.rules, assignments, state=state)
-        self.ingest.judge = self.engine
-        self.ingest.judged = frozenset(self.engine.sensors())
-        self.ingest.sample_factory = Sample
-        self.ingest.on_alarm = self._on_alarm
+        def build() -> Any:
+            store = self.writer.store
+            state = store.load_state("rules") if store is not None else None
+            if store is None:
+                log.warning("the store could not be opened: rules start without their saved state")
+            assignments = {s.id: s.profile for s in cfg.sensors if s.profile}
+            try:
+                engine = RuleEngine(cfg.rules, assignments, state=state)
+            except ValueError as exc:
+                log.error("saved rules state not usable (%s); rules start afresh", exc)
+                engine = RuleEngine(cfg.rules, assignments)
+            self.ingest.set_judge(engine, Sample)
+            return engine
+
+        self.engine = await self._writer_call(build, timeout=60.0)
 
     def _on_alarm(self, alarm: dict[str, Any]) -> None:
-        self._flush_now.set()
-        self._sync_now.set()
-        if self.engine is not None and self.engine.wants_action(alarm):
-            from agent.rules.actions import run_action
+        """On the writer's thread: an alarm changed. Commit and send at once; run the action."""
+        self.writer.note_alarm(alarm)
+        engine = self.engine
+        if engine is not None and engine.wants_action(alarm):
+            loop = self._event_loop
+            if loop is not None:
+                loop.call_soon_threadsafe(self._run_action, dict(alarm))
 
-            action = self.config.rules.action
-            command = action.command
-            assert command is not None  # wants_action() checked it
-            record = {k: (rfc3339(v) if k in ("ts", "started_at") and isinstance(v, (int, float)) else v)
-                      for k, v in alarm.items() if k not in ("mono_ns", "boot_id")}
-            record["gateway_id"] = self.config.gateway_id
-            task = asyncio.get_running_loop().create_task(run_action(command, record, action.timeout_s))
-            self._actions.add(task)
-            task.add_done_callback(self._actions.discard)
+    def _run_action(self, alarm: dict[str, Any]) -> None:
+        from agent.rules.actions import run_action
 
-    # -- drivers -----------------------------------------------------------------------
-    def _start_drivers(self, cfg: Config) -> None:
-        for dc in cfg.drivers:
-            if not dc.enabled:
-                continue
+        action = self.config.rules.action
+        if action.command is None:
+            return
+        record = {k: (rfc3339(v) if k in ("ts", "started_at") and isinstance(v, (int, float)) else v)
+                  for k, v in alarm.items() if k not in ("mono_ns", "boot_id")}
+        record["gateway_id"] = self.config.gateway_id
+        self._spawn(run_action(action.command, record, action.timeout_s), "action")
+
+    # -- the clock and the watchdog ----------------------------------------------------
+    async def _clock_loop(self) -> None:
+        while True:
+            self.loop_heartbeat = time.monotonic()
             try:
-                cls = registry.get(dc.type)
-                driver = cls(dc.name, cls.Options.model_validate(dc.options))
-            except (ColdgateError, KeyError, ValueError) as exc:
-                msg = str(exc.args[0]) if isinstance(exc, KeyError) else str(exc)
-                self.driver_errors[dc.name] = msg
-                log.error("driver %s (%s) cannot start: %s", dc.name, dc.type, msg)
-                self.ingest.event("driver_error", {"driver": dc.name, "type": dc.type, "error": "DriverUnavailable",
-                                                   "message": msg, "phase": "load"})
-                continue
-            self.drivers[dc.name] = driver
-            self._driver_tasks[dc.name] = asyncio.create_task(driver.run(_DriverSink(self, dc.name)),
-                                                              name=f"driver:{dc.name}")
+                self.clock_watch.check()
+            except Exception:  # noqa: BLE001 - the next look may work
+                log.exception("clock check failed")
+            await asyncio.sleep(min(CHECK_EVERY_S, self.stuck_after_s / 2))
 
-    async def _stop_drivers(self) -> None:
-        for d in self.drivers.values():
-            d.stop()
-        tasks = list(self._driver_tasks.values())
-        if tasks:
-            _, still = await asyncio.wait(tasks, timeout=5.0)
-            for t in still:  # a driver stuck in a read: cancel it, its readings so far are kept
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self.drivers.clear()
-        self._driver_tasks.clear()
-        self.driver_errors.clear()
+    def _clock_synced(self, rel: float) -> None:
+        self.intake.call(lambda: self.writer.correct_clock(rel))
 
-    # -- config reload -----------------------------------------------------------------
-    async def reload(self) -> bool:
-        """Re-read the config file; apply it only when valid. Returns whether it was applied.
+    def healthy(self) -> str | None:
+        """None when the loop, the writer and the uplink each make progress, else what is stuck."""
+        now = time.monotonic()
+        limit = self.stuck_after_s
+        if now - self.loop_heartbeat > limit:
+            return f"event loop stuck for {now - self.loop_heartbeat:.1f} s"
+        if self.writer.alive and now - self.writer.heartbeat > limit:
+            return f"writer stuck for {now - self.writer.heartbeat:.1f} s"
+        up = self.uplink
+        if up.alive:
+            busy = up.busy_since
+            allowed = self.config.uplink.connect_timeout_s + self.config.uplink.read_timeout_s + limit
+            if busy is not None and now - busy > allowed:
+                return f"uplink stuck in one request for {now - busy:.1f} s"
+            if busy is None and now - up.heartbeat > limit:
+                return f"uplink loop stuck for {now - up.heartbeat:.1f} s"
+        return None
 
-        Reloads run one at a time: a burst of SIGHUPs applies the newest file, in order.
+    async def _watchdog_loop(self) -> None:
+        every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
+        while True:
+            self.loop_heartbeat = time.monotonic()
+            stuck = self.healthy()
+            if stuck != self.stuck:
+                if stuck:
+                    log.error("%s: not feeding the watchdog", stuck)
+                    self.notifier.status(f"STUCK: {stuck}")
+                else:
+                    log.warning("all parts make progress again")
+                    self.notifier.status(self.one_line())
+                self.stuck = stuck
+            if every is not None and stuck is None:
+                self.notifier.watchdog()
+            await asyncio.sleep(min(every or 5.0, 5.0, self.stuck_after_s / 2))
+
+    # -- reload ------------------------------------------------------------------------
+    async def reload(self, path: Path | None = None) -> dict[str, Any]:
+        """Load ``path`` (the live config by default) and apply it only when valid.
+
+        Reloads run one at a time. Only what changed restarts: drivers with unchanged
+        options keep running; rules are re-assigned with their state kept.
         """
         async with self._reload_lock:
-            return await self._reload()
+            self.notifier.reloading()
+            try:
+                return await self._reload(path or self.config_path)
+            finally:
+                self.notifier.ready(self.one_line())
 
-    async def _reload(self) -> bool:
-        path = self.config_path
+    def _reject(self, path: Path | None, problems: list[str]) -> dict[str, Any]:
+        self.intake.put_item(self.stamper.event("config_rejected", {
+            "source": str(path) if path else None, "sha256": config_digest(path), "problems": problems}))
+        return {"applied": False, "problems": problems}
+
+    async def _reload(self, path: Path | None) -> dict[str, Any]:
         if path is None:
-            return False
+            return {"applied": False, "problems": ["the agent runs without a config file"]}
+        base = self.config_path.parent if self.config_path is not None else path.parent
         try:
-            new = await asyncio.to_thread(configmod.load, path)
+            new = await asyncio.to_thread(configmod.load, path, base_dir=base)
         except ConfigError as exc:
             log.error("config %s rejected, keeping the running one:\n%s", path, exc.report())
-            self.ingest.event("config_rejected", {"source": str(path), "sha256": config_digest(path),
-                                                  "problems": [str(p) for p in exc.problems]})
-            return False
-        fixed = [k for k in ("gateway_id",) if getattr(new, k) != getattr(self.config, k)]
-        if new.store.path != self.config.store.path:
-            fixed.append("store.path")
+            return self._reject(path, [str(p) for p in exc.problems])
+        old = self.config
+        fixed = [k for k, a, b in (("gateway_id", new.gateway_id, old.gateway_id),
+                                   ("store.path", new.store.path, old.store.path),
+                                   ("control.socket", new.control.socket, old.control.socket)) if a != b]
         if fixed:
             problems = [f"{k}: cannot change while running; restart the service to apply" for k in fixed]
             log.error("config %s rejected: %s", path, "; ".join(problems))
-            self.ingest.event("config_rejected", {"source": str(path), "sha256": config_digest(path),
-                                                  "problems": problems})
-            return False
-        await self._stop_drivers()
+            return self._reject(path, problems)
+        from agent.rules.engine import RuleEngine, Sample
+
+        def rejudge() -> Any:
+            assignments = {s.id: s.profile for s in new.sensors if s.profile}
+            engine = RuleEngine(new.rules, assignments,
+                                state=self.engine.snapshot() if self.engine is not None else None)
+            self.ingest.configure(new)
+            self.ingest.set_judge(engine, Sample)
+            self.writer.commit_interval_s = new.store.commit_interval_s
+            self.writer.commit_max = new.store.commit_max
+            return engine
+
+        self.engine = await self._writer_call(rejudge, timeout=30.0)
         self.config = new
-        self.ingest.configure(new)
-        self.clock.sync_source = new.time.sync_source
-        assignments = {s.id: s.profile for s in new.sensors if s.profile}
-        from agent.rules.engine import RuleEngine
+        self.stamper.clock.sync_source = new.time.sync_source
+        if new.uplink != old.uplink:
+            self.uplink.reconfigure(new.uplink, self._make_transport(new))
+        drivers = await self.drivers.apply(new.drivers)
+        digest = config_digest(path)
+        self.intake.put_item(self.stamper.event("config_applied", {
+            "source": str(path), "sha256": digest, "at": "reload", "drivers": drivers}))
+        log.info("config %s applied (drivers restarted: %s)", path, ", ".join(drivers["restarted"]) or "none")
+        return {"applied": True, "sha256": digest, "drivers": drivers}
 
-        self.engine = RuleEngine(new.rules, assignments, state=self.engine.snapshot() if self.engine else None)
-        self.ingest.judge = self.engine
-        self.ingest.judged = frozenset(self.engine.sensors())
-        if self.syncer is not None:
-            self.syncer.config = new.uplink
-            self.syncer.reset_uplink()
-        self._start_drivers(new)
-        self.ingest.event("config_applied", {"source": str(path), "sha256": config_digest(path), "at": "reload"})
-        log.info("config %s applied", path)
-        self._flush_now.set()
-        return True
+    # -- control commands ----------------------------------------------------------------
+    async def _cmd_ping(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__, "gateway_id": self.config.gateway_id,
+                "store": str(self.config.store.path)}
 
-    # -- writer ------------------------------------------------------------------------
-    async def _writer_loop(self) -> None:
-        # Not cancelled at shutdown: it returns after its last commit, so that a commit is
-        # never abandoned half-way with its records' fate unknown.
-        while not self._stop.is_set():
-            await wait_event(self._flush_now, self.config.store.commit_interval_s)
-            self._flush_now.clear()
-            await self.flush()
-
-    async def flush(self) -> None:
-        """Commit everything buffered, with the rule state, in one transaction.
-
-        Flushes never overlap: a second one waits for the first, so "flushed" means
-        committed (or kept for retry), whoever asked.
-        """
-        async with self._flush_lock:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        assert self.store is not None
-        items = self._pending_retry + self.ingest.take()
-        self._pending_retry = []
-        if not items:
-            return
-        loss = self._loss_event() if self._lost else None  # cleared only once committed
-        batch = items + [loss] if loss is not None else items
-        state = {"rules": self.engine.snapshot()} if self._state_due(items) else None
-        store = self.store
+    async def _cmd_sync(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        timeout = float(req.get("timeout", 30.0))
         try:
-            await self._in_writer(lambda: store.append(batch, state=state))
-        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing taken may be lost
-            if not isinstance(exc, StoreError):
-                log.exception("unexpected error committing %d records; keeping them in memory", len(items))
-            elif self._store_error is None:
-                log.error("store cannot take records (%s): keeping them in memory", exc)
-            self._store_error = str(exc)
-            self._keep_for_retry(items)
-            return
-        if loss is not None:
-            self._lost = {}
-        if state is not None:
-            self._state_saved_at = time.monotonic()
-        if self._store_error is not None:
-            log.warning("store writable again")
-            self._store_error = None
-        if any(i["type"] != "reading" for i in items):
-            self._sync_now.set()
-
-    def _state_due(self, items: list[dict[str, Any]]) -> bool:
-        """Whether this commit carries the rule engine's state.
-
-        Always when it holds an alarm change (so an alarm is never raised twice after a
-        crash), while any sensor is out of range or one just came back (so an excursion
-        and its budget are timed exactly across a crash), and otherwise every
-        ``STATE_EVERY_S``: in range, a stale snapshot only re-weighs the last seconds,
-        and the engine holds the last value across the gap. Saves most of the writes.
-        """
-        if self.engine is None:
-            return False
-        out = frozenset(sid for sid in self.ingest.last_seen if self.engine.out_of_range(sid))
-        changed = out != self._out_of_range
-        self._out_of_range = out
-        return (changed or bool(out) or any(i["type"] == "alarm" for i in items)
-                or time.monotonic() - self._state_saved_at >= STATE_EVERY_S)
-
-    def _keep_for_retry(self, items: list[dict[str, Any]]) -> None:
-        overflow = len(items) - MAX_BUFFER
-        if overflow > 0:
-            dropped = [i for i in items if i["type"] == "reading"][:overflow]
-            drop_ids = {id(i) for i in dropped}
-            items = [i for i in items if id(i) not in drop_ids]
-            tally_loss(self._lost, dropped)
-        self._pending_retry = items
-
-    def _loss_event(self) -> dict[str, Any]:
-        lost = self._lost
-        return {"type": "event", "event": "data_loss", "ts": self.clock.now(),
-                "time_quality": self.ingest.time_quality(),
-                "details": {"reason": "store_unwritable", **loss_details(lost), "error": self._store_error}}
-
-    # -- sync --------------------------------------------------------------------------
-    async def _sync_loop(self) -> None:
-        cfg = self.config
-        # opened on the writer's thread (joined at exit), never on a daemon thread
-        sync_store = await self._in_writer(lambda: Store.open(
-            cfg.store.path, gateway_id=cfg.gateway_id, keep_acked=cfg.store.keep_acked, check=False, create=False))
-        sync_store.clock = self.clock
-        self.syncer = Syncer(sync_store, cfg.uplink, self.store.gateway_id if self.store else cfg.gateway_id,
-                             clock=self.clock)
-        try:
-            while True:
-                wait = self.config.uplink.interval_s
-                nxt = self.syncer.state.next_retry_at
-                if nxt is not None:
-                    wait = max(0.0, nxt - time.time())
-                await wait_event(self._sync_now, wait)
-                self._sync_now.clear()
-                if not self.syncer.due():
-                    continue
-                try:
-                    await _in_daemon_thread(self.syncer.sync_once)
-                except Exception:  # noqa: BLE001 - the uplink keeps trying; the readings are safe
-                    log.exception("sync pass failed unexpectedly; retrying after %.0f s", self.config.uplink.interval_s)
-        finally:
-            # A sync pass may still run on its daemon thread (a slow server). Store.close
-            # waits for any statement in progress, so the connection is never closed under
-            # one; a late acknowledgement then fails, and the batch is re-sent next time.
-            sync_store.close(sidecar=False)
-            if not self.syncer.busy:
-                self.syncer.close()
-
-    async def _final_sync(self) -> None:
-        """On the way out, send what is pending if the uplink answers at once (bounded)."""
-        syncer = self.syncer
-        if syncer is None or self.config.uplink.url is None or not syncer.due():
-            return
-        try:
-            async with asyncio.timeout(FINAL_SYNC_S):
-                await _in_daemon_thread(lambda: syncer.sync_once(max_batches=20))
+            state = await asyncio.wait_for(asyncio.wrap_future(self.uplink.sync_now()), timeout)
         except TimeoutError:
-            log.info("final sync did not finish within %.0f s; the rest goes at the next start", FINAL_SYNC_S)
+            raise ControlRefused(f"the sync pass did not finish within {timeout:g} s (still running)") from None
+        try:
+            pending = (await asyncio.wait_for(asyncio.to_thread(self._store_stats), 10.0))["pending"]
+        except Exception:  # noqa: BLE001 - the pass is what was asked; the count is a courtesy
+            pending = None
+        return {**state, "pending": pending}
 
-    # -- housekeeping ------------------------------------------------------------------
-    async def _housekeeping_loop(self) -> None:
-        due = {"clock": 0.0, "prune": 0.0, "status": 0.0}
-        self._rel = self._wall_minus_boot()
-        while True:
-            await asyncio.sleep(1.0)
+    async def _cmd_apply(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        path = req.get("path")
+        if not isinstance(path, str):
+            raise ControlRefused("apply needs a 'path'")
+        return await self.reload(Path(path))
+
+    async def _cmd_reload(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.reload()
+
+    async def _cmd_alarm_ack(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        alarm_id, by, reason = req.get("alarm_id"), req.get("by"), req.get("reason")
+        if not all(isinstance(v, str) and v.strip() for v in (alarm_id, by, reason)):
+            raise ControlRefused("alarm_ack needs a non-empty alarm_id, by and reason")
+
+        def ack() -> dict[str, Any]:
+            if self.engine is None:
+                raise ControlRefused("the rules are not running")
             try:
-                await self._housekeeping(due)
-            except Exception:  # noqa: BLE001 - one failed chore must not stop the others for good
-                log.exception("housekeeping failed; trying again in a second")
+                change = self.engine.acknowledge(alarm_id, by, reason, self.stamper.now())
+            except KeyError:
+                raise ControlRefused(f"no active alarm {alarm_id!r} (see `coldgate alarms`)") from None
+            self.ingest.alarm(change)
+            self.writer.flush()
+            return dict(change)
 
-    async def _housekeeping(self, last: dict[str, float]) -> None:
-        """Once a second: time-driven rules and CLI commands; every few: clock, pruning, status."""
-        if self.engine is not None:
-            for change in self.engine.tick(self.clock.now()):
-                self.ingest.alarm(change)
-        await self._run_commands()
-        mono = time.monotonic()
-        if mono - last["clock"] >= CLOCK_CHECK_EVERY_S:
-            last["clock"] = mono
-            self._rel = await self._watch_clock(self._rel)
-        if mono - last["prune"] >= 60.0 and self.store is not None:
-            last["prune"] = mono
-            await self._in_writer(self.store.prune)
-        if mono - last["status"] >= STATUS_EVERY_S:
-            last["status"] = mono
-            await self._write_status()
+        return await self._writer_call(ack, timeout=30.0)
 
-    async def _run_commands(self) -> None:
-        store = self.store
-        if store is None:
-            return
-        commands = await self._in_writer(store.take_commands)
-        for _cid, kind, payload in commands:
-            if kind == "alarm_ack" and self.engine is not None:
-                try:
-                    change = self.engine.acknowledge(payload["alarm_id"], payload["by"], payload["reason"],
-                                                     self.clock.now())
-                except KeyError:
-                    log.warning("acknowledgement for unknown alarm %s ignored", payload.get("alarm_id"))
-                    continue
-                self.ingest.alarm(change)
-            elif kind == "sync_now":
-                self.request_sync()
-            elif kind == "reload":
-                await self.reload()
+    async def _cmd_retry_set_aside(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        def release() -> dict[str, Any]:
+            store = self.writer.store
+            if store is None:
+                raise ControlRefused("the store is not open")
+            released = store.release_set_aside()
+            if released:
+                self.ingest.event("set_aside_released", {"count": released["count"], "ranges": released["ranges"],
+                                                         "by": req.get("by")})
+                self.writer.flush()
+            return released
 
-    def _wall_minus_boot(self) -> float:
-        return self.clock.now() - self.clock.mono_ns() / 1e9
+        result = await self._writer_call(release, timeout=30.0)
+        self.uplink.sync_now()
+        return result
 
-    async def _watch_clock(self, previous_rel: float) -> float:
-        synced = await asyncio.to_thread(self.clock.synced)
-        rel = self._wall_minus_boot()
-        was = self.ingest.synced
-        if synced and not was:
-            await self._correct_unsynced(rel)
-        elif abs(rel - previous_rel) > CLOCK_STEP_THRESHOLD_S:
-            log.warning("system clock stepped by %.3f s", rel - previous_rel)
-            self.ingest.event("clock_step", {"offset_s": round(rel - previous_rel, 3), "synced": synced,
-                                             "boot_id": self.ingest.boot_id, "corrections": []})
-        if was and not synced:
-            log.warning("system clock lost synchronisation; records are stamped 'unsynced'")
-        self.ingest.synced = synced
-        return rel
-
-    async def _correct_unsynced(self, rel_now: float) -> None:
-        """The clock just became synchronised: say how to correct this boot's records."""
-        boot = self.ingest.boot_id
-        self.ingest.synced = True  # from here on, stamps are right
-        for item in self.ingest.items + self._pending_retry:
-            if item.get("time_quality") == "unsynced" and item.get("mono_ns") is not None:
-                item["ts"] = rel_now + item["mono_ns"] / 1e9
-                item["time_quality"] = "corrected"
-        await asyncio.shield(self.flush())  # housekeeping may be cancelled; a commit may not
-        store = self.store
-        assert store is not None
-        after = self._corrected_upto
-        segments = await self._in_writer(lambda: store.unsynced_segments(boot, after))
-        if segments:
-            self._corrected_upto = max(b for _, b, _, _ in segments)
-        corrections = [{"first_seq": a, "last_seq": b, "count": n, "offset_s": round(rel_now - base, 3)}
-                       for a, b, n, base in segments]
-        log.info("system clock synchronised; %d run(s) of unsynced records corrected by event", len(corrections))
-        self.ingest.event("clock_step", {
-            "synced": True, "boot_id": boot, "corrections": corrections, "method": "monotonic (CLOCK_BOOTTIME)",
-            "rule": "for records of this stream with seq in [first_seq, last_seq] and time_quality 'unsynced', "
-                    "the corrected time is ts + offset_s",
-        })
-        self._flush_now.set()
+    async def _cmd_status(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.status()
 
     # -- status ------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        now = self.clock.now()
-        drivers = {name: {"type": d.type_name, **d.status.as_dict()} for name, d in self.drivers.items()}
-        for name, err in self.driver_errors.items():
-            drivers[name] = {"state": "unavailable", "last_error": err}
-        sensors: dict[str, Any] = {}
-        missing_default = 3 * max(self.config.recording.record_interval_s, 60.0)
+    async def status(self) -> dict[str, Any]:
+        """Everything ``coldgate status`` shows, asked of each part; a part that does not
+        answer is said so (``stale``) rather than hiding behind old figures."""
+        cfg = self.config
+        out: dict[str, Any] = {
+            "running": True, "answering": True, "pid": os.getpid(), "version": __version__,
+            "gateway_id": cfg.gateway_id, "config": str(self.config_path) if self.config_path else None,
+            "started_at": rfc3339(self.started_at), "generated_at": rfc3339(time.time()),
+            "clock": {"synced": self.stamper.synced, "source": self.stamper.clock.sync_source,
+                      "boot_id": self.stamper.boot_id, "steps": self.clock_watch.steps},
+            "drivers": self.drivers.status(), "uplink_url": cfg.uplink.masked_url(),
+            "sync": self.uplink.state.as_dict(), "stale": [], "stuck": self.stuck,
+            "quota_bytes": int(cfg.store.quota_mb * (1 << 20)),
+        }
+
+        def inside() -> dict[str, Any]:
+            engine = self.engine
+            return {"writer": self.writer.status(), "sensors": self._sensors(),
+                    "alarms": engine.active() if engine is not None else []}
+
+        try:
+            out.update(await self._writer_call(inside))
+        except TimeoutError:
+            out["stale"].append("writer")
+            out["writer"] = {"error": f"the writer did not answer within {WRITER_ANSWER_S:g} s"}
+        try:
+            out["store"] = await asyncio.wait_for(asyncio.to_thread(self._store_stats), 10.0)
+        except TimeoutError:
+            out["stale"].append("store")
+            out["store"] = {"error": "store statistics did not come within 10 s"}
+        except (StoreError, ColdgateError, OSError) as exc:
+            out["store"] = {"error": str(exc)}
+        return out
+
+    def _store_stats(self) -> dict[str, Any]:
+        if self._status_store is None:
+            self._status_store = self._open_reader()
+        stats = self._status_store.stats()
+        stats["quota_bytes"] = int(self.config.store.quota_mb * (1 << 20))
+        return stats
+
+    def _sensors(self) -> dict[str, Any]:
+        """Each sensor's newest sample (on the writer's thread, where the ingest lives)."""
+        now = self.stamper.now()
+        out: dict[str, Any] = {}
+        from agent.rules.config import DEFAULT_MISSING_AFTER_S
+
         for sid, quantities in self.ingest.last_seen.items():
             sc = self.config.sensor(sid)
             newest = max(q[2] for q in quantities.values())
-            limit = sc.missing_after_s if sc is not None and sc.missing_after_s else missing_default
-            sensors[sid] = {
+            limit = sc.missing_after_s if sc is not None and sc.missing_after_s else DEFAULT_MISSING_AFTER_S
+            out[sid] = {
                 "last_ts": rfc3339(newest), "age_s": round(now - newest, 1), "missing": now - newest > limit,
                 "readings": {q: {"value": value, "unit": unit, "ts": rfc3339(ts), "age_s": round(now - ts, 1),
-                                 "rssi": rssi}
-                             for q, (value, unit, ts, rssi) in quantities.items()},
+                                 "rssi": rssi} for q, (value, unit, ts, rssi) in quantities.items()},
             }
         for sc in self.config.sensors:
-            sensors.setdefault(sc.id, {"last_ts": None, "age_s": None, "missing": True, "readings": {}})
-        return {
-            "running": True, "pid": os.getpid(), "version": __version__, "gateway_id": self.config.gateway_id,
-            "config": str(self.config_path) if self.config_path else None,
-            "started_at": rfc3339(self.started_at), "updated_at": rfc3339(now),
-            "clock": {"synced": self.ingest.synced, "source": self.clock.sync_source, "boot_id": self.ingest.boot_id},
-            "drivers": drivers, "sensors": sensors,
-            "store": {**self._store_stats, "buffered": len(self.ingest.items) + len(self._pending_retry),
-                      "error": self._store_error},
-            "sync": self.syncer.state.as_dict() if self.syncer else {"result": "starting"},
-            "alarms": self.engine.active() if self.engine is not None else [],
-        }
+            out.setdefault(sc.id, {"last_ts": None, "age_s": None, "missing": True, "readings": {}})
+        return out
 
-    async def _write_status(self) -> None:
-        store = self.store
-        if store is None:
-            return
-        try:
-            if time.monotonic() - self._stats_at >= STORE_STATS_EVERY_S:
-                # counting a large backlog reads the whole table: not every status write
-                self._store_stats = await self._in_writer(store.stats)
-                self._stats_at = time.monotonic()
-        except Exception as exc:  # noqa: BLE001 - status must not stop the agent
-            log.debug("store stats failed: %s", exc)
-        data = self.status()
-        path = status_path(self.config.store.path)
-
-        def write() -> None:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, default=str))
-            os.replace(tmp, path)
-
-        try:
-            await asyncio.to_thread(write)
-        except OSError as exc:
-            log.warning("cannot write status file %s: %s", path, exc)
-
-
-async def _in_daemon_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a daemon thread: a hung network call never blocks exit."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-
-    def target() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-                loop.call_soon_threadsafe(_set_exception, fut, exc)
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_set_result, fut, result)
-
-    threading.Thread(target=target, daemon=True, name="coldgate-sync").start()
-    return await fut
-
-
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
-
-
-def sync_threads_alive() -> bool:
-    """Whether a sync pass is still running on its daemon thread (a hung server)."""
-    return any(t.name == "coldgate-sync" and t.is_alive() for t in threading.enumerate())
+    def one_line(self) -> str:
+        """``STATUS=`` for systemd: the gist in one line."""
+        up = self.uplink.state
+        return (f"gateway {self.config.gateway_id}: {len(self.drivers.drivers)} driver(s), "
+                f"uplink {up.result}, store {'ERROR ' + self.writer.store_error if self.writer.store_error else 'ok'}")
 
 
 def setup_logging(level: str = "info") -> None:

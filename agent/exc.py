@@ -7,10 +7,14 @@ from dataclasses import dataclass
 from drivers.exc import ColdgateError, DecodeError, DriverError, DriverIOError, DriverUnavailable
 
 __all__ = [
+    "AgentNotAnswering",
+    "AgentNotRunning",
     "AuthRefused",
     "ColdgateError",
     "ConfigError",
     "ConfigProblem",
+    "ControlError",
+    "ControlRefused",
     "DecodeError",
     "DriverError",
     "DriverIOError",
@@ -79,6 +83,26 @@ class AuthRefused(SyncError):
 
 class SyncTransient(SyncError):
     """408, 429, 5xx, network errors and timeouts: retried with backoff."""
+
+
+class ControlError(ColdgateError):
+    """The control channel between the CLI and the running agent."""
+
+
+class AgentNotRunning(ControlError):
+    """Nothing answers on the control socket: no agent runs (or a stale socket)."""
+
+
+class AgentNotAnswering(ControlError):
+    """The agent's socket accepted the connection but no answer came (frozen, overloaded)."""
+
+
+class ControlRefused(ControlError):
+    """The agent answered and refused the request; ``kind`` names its own error class."""
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class SyncTooLarge(SyncError):

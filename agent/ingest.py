@@ -1,8 +1,11 @@
-"""From a driver's reading to a store item: stamp, calibrate, judge, decide to record.
+"""From a driver's reading to a store item: calibrate, judge, decide to record.
 
-Every sample goes to the rules (they see all of them); the store keeps one reading per
-sensor and quantity per ``record_interval_s``, and every sample while the sensor is out
-of range. Decimation compares the readings' own timestamps, never the order of arrival.
+Runs on the writer's thread (:mod:`agent.writer`), one entry of the intake at a time, so
+the rule engine and the records it produced are always consistent when committed.
+Readings arrive stamped (:mod:`agent.intake` stamps them on arrival). Every sample goes
+to the rules (they see all of them); the store keeps one reading per sensor and quantity
+per ``record_interval_s``, and every sample while the sensor is out of range. Decimation
+compares the readings' own timestamps, never the order of arrival.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from agent.config import Config, SensorConfig
-from agent.timebase import Clock, boot_id
+from agent.stamp import Stamper
 from drivers.base import Reading
 
 log = logging.getLogger(__name__)
@@ -30,19 +33,16 @@ class Judge(Protocol):
 
 
 class Ingest:
-    """Turns readings into store items; the daemon flushes :attr:`items` by group commit."""
+    """Turns readings into store items in :attr:`items`; the writer takes them to commit."""
 
-    def __init__(self, config: Config, clock: Clock, *, judge: Judge | None = None,
+    def __init__(self, config: Config, stamper: Stamper, *, judge: Judge | None = None,
                  sample_factory: Callable[..., Any] | None = None,
                  on_alarm: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.clock = clock
-        self.boot_id = boot_id()
+        self.stamper = stamper
         self.judge = judge
         self.sample_factory = sample_factory
         self.on_alarm = on_alarm
         self.items: list[dict[str, Any]] = []
-        self.synced = clock.synced()
-        self._mono_ns = clock.mono_ns
         #: sensors the judge has rules for (the others skip it)
         self.judged: frozenset[str] = frozenset()
         self.configure(config)
@@ -59,30 +59,36 @@ class Ingest:
         self.default_interval = config.recording.record_interval_s
         self.sensors: Mapping[str, SensorConfig] = {s.id: s for s in config.sensors}
 
+    def set_judge(self, judge: Any, sample_factory: Callable[..., Any] | None) -> None:
+        """Judge samples with ``judge`` (the rule engine) from now on; None for no rules."""
+        self.judge = judge
+        self.sample_factory = sample_factory
+        self.judged = frozenset(judge.sensors()) if judge is not None else frozenset()
+
     def time_quality(self) -> str:
-        return "synced" if self.synced else "unsynced"
+        return self.stamper.quality
 
     def reading(self, r: Reading, driver: str | None = None) -> None:
-        """Take one reading from a driver (on the event loop)."""
+        """Take one reading, stamped now."""
         self.readings((r,), driver)
 
     def readings(self, batch: Sequence[Reading], driver: str | None = None) -> None:
-        """Take what one driver read delivered (on the event loop).
+        """Take readings that arrive now (stamped now)."""
+        s = self.stamper
+        self.stamped(driver, batch, s.now(), s.mono_ns(), s.quality)
 
-        Readings that arrive together, without a time of their own, are stamped with one
-        wall and one monotonic time: they were received at the same moment.
-        """
-        now = mono = None
+    def stamped(self, driver: str | None, batch: Sequence[Reading], now: float, mono: int, tq: str) -> None:
+        """Take what one driver read delivered, stamped on arrival with ``now`` (wall),
+        ``mono`` (boottime ns) and ``tq``: readings without a time of their own take
+        ``now``, since they were received at the same moment."""
         sensors, last_seen, items = self.sensors, self.last_seen, self.items
         last_recorded, default_interval = self._last_recorded, self.default_interval
         judge, judged, make_sample = self.judge, self.judged, self.sample_factory
-        tq, boot = self.time_quality(), self.boot_id
+        boot = self.stamper.boot_id
         for r in batch:
             sid, quantity, unit = r.sensor_id, r.quantity, r.unit
             ts = r.ts
             if ts is None:
-                if now is None:
-                    now = self.clock.now()
                 ts = now
             sensor = sensors.get(sid)
             value, raw, cert = r.value, r.raw, None
@@ -104,7 +110,6 @@ class Ingest:
             if judge is not None and make_sample is not None and sid in judged:
                 for change in judge.observe(make_sample(sid, quantity, value, unit, ts)):
                     self.alarm(change)
-                    tq = self.time_quality()
             # decimation, by the readings' own time: one per interval, all while out of range
             interval = default_interval if sensor is None or sensor.record_interval_s is None \
                 else sensor.record_interval_s
@@ -114,8 +119,6 @@ class Ingest:
                 if last is not None and last <= ts < last + interval and not self._in_excursion(sid):
                     continue
                 last_recorded[key] = ts
-            if mono is None:
-                mono = self._mono_ns()
             item: dict[str, Any] = {"type": "reading", "ts": ts, "time_quality": tq, "sensor_id": sid,
                                     "quantity": quantity, "value": value, "unit": unit, "mono_ns": mono,
                                     "boot_id": boot}
@@ -163,19 +166,13 @@ class Ingest:
         self._invalid_values = {}
 
     def alarm(self, change: Mapping[str, Any]) -> None:
-        item = {"type": "alarm", "time_quality": self.time_quality(), "mono_ns": self.clock.mono_ns(),
-                "boot_id": self.boot_id, **change}
-        item.setdefault("ts", self.clock.now())
+        item = self.stamper.alarm(change)
         self.items.append(item)
         if self.on_alarm is not None:
             self.on_alarm(item)
 
     def event(self, name: str, details: Mapping[str, Any], *, ts: float | None = None) -> None:
-        self.items.append({
-            "type": "event", "event": name, "details": dict(details),
-            "ts": self.clock.now() if ts is None else ts, "time_quality": self.time_quality(),
-            "mono_ns": self.clock.mono_ns(), "boot_id": self.boot_id,
-        })
+        self.items.append(self.stamper.event(name, details, ts=ts))
 
     def take(self) -> list[dict[str, Any]]:
         items, self.items = self.items, []

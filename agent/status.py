@@ -1,113 +1,133 @@
-"""What ``coldgate status`` reports, whether the daemon runs or not.
+"""What ``coldgate status`` reports, whether the agent runs or not, in words a technician reads.
 
-While the daemon runs it writes ``<store>.status.json`` every two seconds (drivers, sync,
-clock, sensors, alarms); without it, the store itself is read. Either way the store's
-queue depth and oldest unsent record come from the database.
+While the agent runs, status is asked of it over the control socket (every part
+answers for itself; nothing is written to the SD card on a timer). When nothing answers,
+the store is read directly. When the socket accepts but nobody answers (a frozen or
+stopped process), status says so and shows what the store holds.
+
+Units are shown as people write them (°C, %RH, %, V), times as dates in UTC, never as
+epoch seconds; ``--json`` gives every time as RFC 3339.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import Config
-from agent.daemon import running_pid, status_path
-from agent.exc import StoreError
+from agent.control import ControlClient
+from agent.exc import AgentNotAnswering, AgentNotRunning, ControlRefused, StoreError
 from agent.store import Store
 from agent.timebase import Clock, rfc3339
 
+#: SenML unit → how a technician writes it
+UNITS = {"Cel": "°C", "%RH": "%RH", "%EL": "%", "V": "V", "m/s2": "m/s²", "lat": "°", "lon": "°", "deg": "°",
+         "count": "", "lx": "lx", "Pa": "Pa", "m": "m", "m/s": "m/s", "dBm": "dBm", "%": "%"}
 
-def collect(cfg: Config) -> dict[str, Any]:
-    path = cfg.store.path
-    pid = running_pid(path)
-    data: dict[str, Any] = {}
-    if pid:
-        try:
-            data = json.loads(status_path(path).read_text())
-        except (OSError, ValueError):
-            data = {"gateway_id": cfg.gateway_id, "sync": {"result": "starting"}, "drivers": {},
-                    "note": "agent starting: no status file yet"}
-        data["running"] = True
-        data["pid"] = pid
-    else:
-        data = {"running": False, "gateway_id": cfg.gateway_id, "drivers": {
-            d.name: {"type": d.type, "state": "not running" if d.enabled else "disabled"} for d in cfg.drivers}}
-        try:
-            last = json.loads(status_path(path).read_text())
-            data["sync"] = {**last.get("sync", {}), "note": f"as of {last.get('updated_at')} (agent not running)"}
-        except (OSError, ValueError):
-            data["sync"] = {"result": "unknown", "note": "agent not running"}
-        clock = Clock(cfg.time.sync_source)
-        data["clock"] = {"synced": clock.synced(), "source": cfg.time.sync_source}
+#: quantities whose value is a count shown without a unit, with a word instead
+COUNT_WORDS = {"satellites": "satellites", "gnss_fix": "fix", "movement_count": "movements", "motion": "motion"}
+
+
+def collect(cfg: Config, *, timeout: float = 5.0) -> dict[str, Any]:
+    """The status dict: from the running agent, else from the store."""
+    client = ControlClient(cfg.control.socket, timeout=timeout)
+    note = None
     try:
-        with Store.open(path, gateway_id=cfg.gateway_id, create=False, check=False) as store:
-            data["store"] = {**data.get("store", {}), **store.stats()}
-            if not pid:
-                now = time.time()
-                sensors: dict[str, Any] = {}
-                for row in store.latest():
-                    s = sensors.setdefault(row["sensor_id"], {"readings": {}})
-                    s["readings"][row["quantity"]] = {"value": row["value"], "unit": row["unit"],
-                                                      "ts": rfc3339(row["ts"]), "age_s": round(now - row["ts"], 1)}
-                    s["last_ts"] = max(s.get("last_ts") or "", rfc3339(row["ts"]))
-                data["sensors"] = sensors
-    except StoreError as exc:
-        data["store"] = {"error": str(exc)}
-    data["uplink"] = cfg.uplink.masked_url()
+        data = client.request("status")
+        if data.get("store", {}).get("path") not in (None, str(cfg.store.path)):
+            note = f"the agent answering on {cfg.control.socket} runs another store ({data['store']['path']})"
+            raise AgentNotRunning(note)
+        data["control"] = str(cfg.control.socket)
+        return dict(data)
+    except AgentNotRunning as exc:
+        data = offline(cfg)
+        data["note"] = note or str(exc)
+    except AgentNotAnswering as exc:
+        data = offline(cfg)
+        data["running"] = True
+        data["answering"] = False
+        data["note"] = str(exc)
+    except ControlRefused as exc:
+        data = offline(cfg)
+        data["note"] = f"the agent refused the status request: {exc}"
     return data
 
 
-def render(data: dict[str, Any]) -> str:
-    lines = []
-    state = f"running (pid {data['pid']})" if data.get("running") else "NOT RUNNING"
-    lines.append(f"coldgate {data.get('version', '')} gateway {data.get('gateway_id')}: {state}")
-    clock = data.get("clock", {})
-    lines.append(f"clock: {'synchronised' if clock.get('synced') else 'NOT synchronised'} ({clock.get('source')})")
-    st = data.get("store", {})
-    if "error" in st and st["error"]:
-        lines.append(f"store: ERROR {st['error']}")
-    if "head_seq" in st:
-        age = st.get("oldest_pending_age_s")
-        lines.append(
-            f"store: {st['path']} seq {st['head_seq']}, {st['pending']} unsent"
-            f" ({st.get('pending_alarms_events', 0)} alarms/events)"
-            + (f", oldest unsent {_age(age)} old" if age is not None else "")
-            + (f", {st['set_aside']} set aside" if st.get("set_aside") else "")
-            + f", {st['disk_bytes'] / 2**20:.1f}/{st['quota_bytes'] / 2**20:.0f} MiB"
-            + (" — QUOTA FULL, refusing readings" if st.get("refusing_readings") else ""))
-    sync = data.get("sync", {})
-    line = f"uplink: {data.get('uplink') or 'none'}: {sync.get('result')}"
-    if sync.get("last_error"):
-        line += f" — {sync['last_error']}"
-    if sync.get("next_retry_at"):
-        line += f"; next retry {sync['next_retry_at']}"
-    if sync.get("last_success_at"):
-        line += f"; last success {sync['last_success_at']}"
-    if sync.get("note"):
-        line += f" ({sync['note']})"
-    lines.append(line)
-    for name, d in sorted(data.get("drivers", {}).items()):
-        line = f"driver {name} ({d.get('type', '?')}): {d.get('state')}"
-        counters = d.get("counters") or {}
-        if counters:
-            line += " " + " ".join(f"{k}={v}" for k, v in sorted(counters.items()))
-        if d.get("last_error"):
-            line += f" — last error: {d['last_error']}"
-        lines.append(line)
-    for sid, s in sorted(data.get("sensors", {}).items()):
-        vals = ", ".join(f"{q}={r['value']}{r['unit']}" + (f" rssi {r['rssi']}" if r.get("rssi") is not None else "")
-                         for q, r in sorted(s.get("readings", {}).items()))
-        age = s.get("age_s")
-        miss = " MISSING" if s.get("missing") else ""
-        lines.append(f"sensor {sid}:{miss} {vals or 'no reading yet'}" + (f" ({_age(age)} ago)" if age is not None else ""))
-    for a in data.get("alarms", []) or []:
-        lines.append(f"ALARM {a.get('alarm_id')} {a.get('severity')} {a.get('rule')} {a.get('state')} "
-                     f"since {a.get('started_at')}")
-    return "\n".join(lines)
+def offline(cfg: Config) -> dict[str, Any]:
+    """What the store and the config tell without the agent."""
+    data: dict[str, Any] = {
+        "running": False, "answering": False, "gateway_id": cfg.gateway_id, "generated_at": rfc3339(time.time()),
+        "drivers": {d.name: {"type": d.type, "state": "not running" if d.enabled else "disabled"}
+                    for d in cfg.drivers},
+        "uplink_url": cfg.uplink.masked_url(), "control": str(cfg.control.socket),
+        "quota_bytes": int(cfg.store.quota_mb * (1 << 20)),
+    }
+    clock = Clock(cfg.time.sync_source)
+    data["clock"] = {"synced": clock.synced(), "source": cfg.time.sync_source}
+    try:
+        with Store.open(cfg.store.path, gateway_id=cfg.gateway_id, create=False, check=False) as store:
+            data["store"] = {**store.stats(), "quota_bytes": data["quota_bytes"]}
+            now = time.time()
+            sensors: dict[str, Any] = {}
+            for row in store.latest():
+                s = sensors.setdefault(row["sensor_id"], {"readings": {}})
+                s["readings"][row["quantity"]] = {"value": row["value"], "unit": row["unit"],
+                                                  "ts": rfc3339(row["ts"]), "age_s": round(now - row["ts"], 1)}
+                s["last_ts"] = max(s.get("last_ts") or "", rfc3339(row["ts"]))
+                s["age_s"] = min(s.get("age_s", 1e18), round(now - row["ts"], 1))
+            data["sensors"] = sensors
+            state = store.load_state("rules") or {}
+            data["alarms"] = _active_from_state(state)
+    except StoreError as exc:
+        data["store"] = {"error": str(exc)}
+    return data
 
 
-def _age(seconds: float | None) -> str:
+def _active_from_state(state: dict[str, Any]) -> list[dict[str, Any]]:
+    alarms = state.get("book", {}).get("alarms", {})
+    return [a for a in alarms.values() if isinstance(a, dict)]
+
+
+# -- text ---------------------------------------------------------------------------
+
+
+def unit(u: str | None) -> str:
+    return UNITS.get(u or "", u or "")
+
+
+def value_text(quantity: str, value: Any, u: str | None) -> str:
+    if quantity in COUNT_WORDS and u == "count":
+        return f"{_num(value)} {COUNT_WORDS[quantity]}"
+    shown = unit(u)
+    if not shown:
+        return _num(value)
+    sep = "" if shown in ("°C", "%", "°", "%RH") else " "
+    if shown == "%RH":
+        sep = " "
+    return f"{_num(value)}{sep}{shown}"
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def when(ts: Any) -> str:
+    """A time as a date a person reads: ``2026-12-01 20:15:02 UTC``."""
+    if ts is None:
+        return "never"
+    if isinstance(ts, (int, float)):
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    text = str(ts)
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return text
+
+
+def age(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     s = int(seconds)
@@ -115,4 +135,102 @@ def _age(seconds: float | None) -> str:
         return f"{s} s"
     if s < 7200:
         return f"{s // 60} min"
-    return f"{s // 3600} h {s % 3600 // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = []
+    if data.get("running") and data.get("answering", True):
+        state = f"running (pid {data.get('pid')}), up since {when(data.get('started_at'))}"
+    elif data.get("running"):
+        state = "NOT ANSWERING — the process accepts connections but does not answer (frozen, stopped or overloaded)"
+    else:
+        state = "NOT RUNNING"
+    version = data.get("version")
+    lines.append(f"coldgate{' ' + version if version else ''} gateway {data.get('gateway_id')}: {state}")
+    if data.get("note") and not data.get("answering", True):
+        lines.append(f"  ({data['note']})")
+    if data.get("stuck"):
+        lines.append(f"STUCK: {data['stuck']} (the systemd watchdog is not fed; the service will be restarted)")
+    if data.get("stale"):
+        lines.append(f"STALE: {', '.join(data['stale'])} did not answer in time; figures for it may be old")
+    clock = data.get("clock", {})
+    lines.append(f"clock: {'synchronised' if clock.get('synced') else 'NOT synchronised'} ({clock.get('source')})")
+    lines += _store_lines(data)
+    lines += _uplink_lines(data)
+    for name, d in sorted(data.get("drivers", {}).items()):
+        lines.append(_driver_line(name, d))
+    for sid, s in sorted(data.get("sensors", {}).items()):
+        vals = ", ".join(f"{q} {value_text(q, r.get('value'), r.get('unit'))}"
+                         + (f" (rssi {r['rssi']} dBm)" if r.get("rssi") is not None else "")
+                         for q, r in sorted(s.get("readings", {}).items()))
+        miss = " MISSING," if s.get("missing") else ""
+        ago = f" — {age(s['age_s'])} ago" if s.get("age_s") is not None else ""
+        lines.append(f"sensor {sid}:{miss} {vals or 'no reading yet'}{ago}")
+    for a in data.get("alarms", []) or []:
+        lines.append(f"ALARM {a.get('alarm_id')}: {a.get('severity')} {a.get('rule')} on {a.get('sensor_id')}, "
+                     f"{a.get('state')}, since {when(a.get('started_at'))}")
+    return "\n".join(lines)
+
+
+def _store_lines(data: dict[str, Any]) -> list[str]:
+    st = data.get("store", {}) or {}
+    w = data.get("writer", {}) or {}
+    lines = []
+    if st.get("error"):
+        lines.append(f"store: ERROR {st['error']}")
+    if "head_seq" in st:
+        quota = st.get("quota_bytes") or data.get("quota_bytes") or 0
+        oldest = st.get("oldest_pending_age_s")
+        lines.append(
+            f"store: {st['path']}: seq {st['head_seq']}, {st['pending']} unsent"
+            f" ({st.get('pending_alarms_events', 0)} alarms/events)"
+            + (f", oldest unsent {age(oldest)} old (since {when(st.get('oldest_pending_ts'))})"
+               if oldest is not None else "")
+            + (f", {st['set_aside']} set aside" if st.get("set_aside") else "")
+            + f", {st['disk_bytes'] / 2**20:.1f} of {quota / 2**20:.0f} MiB"
+            + (" — QUOTA FULL, refusing readings" if st.get("refusing_readings") else ""))
+    if w:
+        if w.get("error"):
+            since = f" since {when(w['error_since'])}" if w.get("error_since") else ""
+            lines.append(f"store writes FAILING{since}: {w['error']}")
+        held = w.get("held", 0) + w.get("pending", 0)
+        lines.append(f"in memory: {held} record(s) not yet committed"
+                     + (f" ({w['held']} held while the store fails)" if w.get("held") else "")
+                     + f", intake {w.get('intake', 0)} of {w.get('intake_capacity', '?')} readings"
+                     + (f"; {w['lost_unsaid']} reading(s) dropped, to be recorded as data_loss"
+                        if w.get("lost_unsaid") else "")
+                     + (f"; records of a previous run waiting in {w['spill']}" if w.get("spill") else ""))
+    return lines
+
+
+def _uplink_lines(data: dict[str, Any]) -> list[str]:
+    sync = data.get("sync")
+    url = data.get("uplink_url") or "none"
+    if not sync:
+        return [f"uplink: {url}"]
+    line = f"uplink: {url}: {sync.get('result')}"
+    if sync.get("last_error"):
+        line += f" — {sync['last_error']}"
+    if sync.get("next_retry_at"):
+        line += f"; next retry {when(sync['next_retry_at'])}"
+    if sync.get("last_success_at"):
+        line += f"; last success {when(sync['last_success_at'])}"
+    return [line]
+
+
+def _driver_line(name: str, d: dict[str, Any]) -> str:
+    line = f"driver {name} ({d.get('type', '?')}): {d.get('state')}"
+    counters = d.get("counters") or {}
+    if counters:
+        line += " " + " ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+    if d.get("last_error"):
+        at = f" at {when(d['last_error_at'])}" if d.get("last_error_at") else ""
+        resolved = f", resolved {when(d['resolved_at'])}" if d.get("resolved_at") else ""
+        line += f" — last error{at}{resolved}: {d['last_error']}"
+    return line
+
+
+__all__ = ["collect", "offline", "render", "value_text", "when"]

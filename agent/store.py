@@ -50,7 +50,8 @@ import sqlite_utils
 
 from agent.canonical import ZERO_HASH, NeedsLibrary, canonical_with, record_hash, scalar, template
 from agent.exc import StoreError, StoreFull
-from agent.timebase import Clock, boot_id, rfc3339
+from agent.stamp import Stamper
+from agent.timebase import Clock, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,14 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS records_pending")
 
 
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # The CLI talks to the running agent over the control socket now, not a polled table.
+    db.execute("DROP TABLE IF EXISTS commands")
+
+
 #: Named migrations, applied in order; ``PRAGMA user_version`` counts those applied.
-MIGRATIONS = [("initial schema", _migration_1), ("no index of pending readings", _migration_2)]
+MIGRATIONS = [("initial schema", _migration_1), ("no index of pending readings", _migration_2),
+              ("no command table", _migration_3)]
 
 
 class Store:
@@ -149,8 +156,8 @@ class Store:
         self.gateway_id: str = self._meta("gateway_id") or ""
         self._refusing = False
         self._templates: dict[tuple[Any, ...], str] = {}
-        #: stamps the records the store writes itself (loss events)
-        self.clock = Clock()
+        #: stamps the records the store writes itself (stream_started, data_loss)
+        self.stamper = Stamper()
         #: every record at or below this seq has left the queue (acked or set aside)
         self._floor = 0
         #: opened to read (diagnostics, the sync thread): never writes the side file
@@ -162,11 +169,12 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, gateway_id: str, quota_bytes: int = 512 << 20,
              reserve_pct: float = 5.0, keep_acked: int = 100_000, check: bool = True,
-             create: bool = True, clock: Clock | None = None) -> Store:
+             create: bool = True, stamper: Stamper | None = None, clock: Clock | None = None) -> Store:
         """Open (or create) the store at ``path``; set a broken one aside and start anew.
 
         With ``create=False`` a missing file raises :class:`StoreError` (the CLI reads a
-        store; only the daemon creates one).
+        store; only the daemon creates one). The records the store makes itself are
+        stamped by ``stamper`` (or a stamper on ``clock``): pass the configured one.
         """
         p = Path(path)
         if not create and not p.exists():
@@ -189,12 +197,12 @@ class Store:
             conn = cls._connect(p, check=False)
         store = cls(conn, p, quota_bytes=quota_bytes, reserve_pct=reserve_pct, keep_acked=keep_acked)
         store.reader = not create
-        store.clock = clock or Clock()
+        store.stamper = stamper or Stamper(clock)
         if not store.stream_id and not create:
             conn.close()
             raise StoreError(f"store {p} is being created; try again in a moment")
         if not store.stream_id:
-            store._start_stream(gateway_id, reason or "new", error=error, set_aside=aside, clock=store.clock)
+            store._start_stream(gateway_id, reason or "new", error=error, set_aside=aside)
         return store
 
     @staticmethod
@@ -235,8 +243,7 @@ class Store:
     def sidecar(self) -> Path:
         return self.path.with_name(self.path.name + ".stream")
 
-    def _start_stream(self, gateway_id: str, reason: str, *, error: str | None, set_aside: Path | None,
-                      clock: Clock) -> None:
+    def _start_stream(self, gateway_id: str, reason: str, *, error: str | None, set_aside: Path | None) -> None:
         previous: dict[str, Any] = {}
         try:
             previous = json.loads(self.sidecar.read_text())
@@ -270,9 +277,7 @@ class Store:
             details["set_aside"] = str(set_aside)
         if error:
             details["error"] = error
-        self.append([{"type": "event", "event": "stream_started", "details": details, "ts": clock.now(),
-                      "time_quality": "synced" if clock.synced() else "unsynced", "mono_ns": clock.mono_ns(),
-                      "boot_id": boot_id()}])
+        self.append([self.stamper.event("stream_started", details)])
         self.write_sidecar()
 
     def write_sidecar(self) -> None:
@@ -366,10 +371,9 @@ class Store:
             ts: Any = item.get("ts")
             if not (type(ts) in (float, int) and 0.0 <= ts < 1e11):  # NaN fails too
                 log.error("a %s record has no usable time (%r); recording its loss instead", rtype, ts)
-                item = {"type": "event", "event": "data_loss", "ts": self.clock.now(),
-                        "time_quality": item.get("time_quality", "unsynced"),
-                        "details": {"reason": "unencodable", "what": rtype, "error": f"bad ts {ts!r}"[:200],
-                                    "sensor_id": item.get("sensor_id"), "quantity": item.get("quantity")}}
+                item = self.stamper.event("data_loss", {
+                    "reason": "unencodable", "what": rtype, "error": f"bad ts {ts!r}"[:200],
+                    "sensor_id": item.get("sensor_id"), "quantity": item.get("quantity")})
                 rtype, ts = "event", item["ts"]
             ts = float(ts)
             fields = {k: v for k, v in item.items() if v is not None and k not in _NOT_COPIED}
@@ -489,10 +493,7 @@ class Store:
             "quota_bytes": self.quota_bytes,
             "still_refusing": not final,
         }
-        clock = self.clock
-        return [{"type": "event", "event": "data_loss", "details": details, "ts": clock.now(),
-                 "time_quality": "synced" if clock.synced() else "unsynced", "mono_ns": clock.mono_ns(),
-                 "boot_id": boot_id()}]
+        return [self.stamper.event("data_loss", details)]
 
     def report_losses(self) -> None:
         """Commit the count of readings refused so far (the owner does so before closing)."""
@@ -643,24 +644,44 @@ class Store:
             "refusing_readings": self._refusing,
         }
 
-    # -- commands from the CLI to a running daemon -------------------------------------
-    def enqueue_command(self, kind: str, payload: Mapping[str, Any]) -> int:
-        with self._lock:
-            cur = self.conn.execute("INSERT INTO commands (kind, payload, created) VALUES (?, ?, ?)",
-                                    (kind, json.dumps(payload), time.time()))
-            return int(cur.lastrowid or 0)
+    def release_set_aside(self) -> dict[str, Any]:
+        """Put every set-aside record back in the queue (``coldgate sync --retry-set-aside``).
 
-    def take_commands(self) -> list[tuple[int, str, dict[str, Any]]]:
-        with self._lock:
-            rows = self.conn.execute("SELECT id, kind, payload FROM commands WHERE done = 0 ORDER BY id").fetchall()
-            if rows:
-                self.conn.executemany("UPDATE commands SET done = 1 WHERE id = ?", [(r[0],) for r in rows])
-        return [(i, k, json.loads(p)) for i, k, p in rows]
+        For a server that refused a batch it should have taken (fixed since): the records
+        go out again as they are. Returns how many and which seq ranges.
+        """
+        with self._lock, self._transaction():
+            seqs = [r[0] for r in self.conn.execute("SELECT seq FROM records WHERE state = ? ORDER BY seq",
+                                                    (SET_ASIDE,)).fetchall()]
+            if not seqs:
+                return {"count": 0, "ranges": []}
+            self.conn.execute("UPDATE records SET state = ? WHERE state = ?", (PENDING, SET_ASIDE))
+            self.conn.execute("DELETE FROM set_aside")
+        self._floor = min(self._floor, seqs[0] - 1)
+        return {"count": len(seqs), "ranges": _ranges(seqs)}
 
-    def command_done(self, command_id: int) -> bool:
+    def set_aside_list(self) -> list[dict[str, Any]]:
+        """Set-aside records as ranges with their reason (for status and the CLI)."""
         with self._lock:
-            row = self.conn.execute("SELECT done FROM commands WHERE id = ?", (command_id,)).fetchone()
-        return bool(row and row[0])
+            rows = self.conn.execute("SELECT seq, reason, at FROM set_aside ORDER BY seq").fetchall()
+        out: list[dict[str, Any]] = []
+        for seq, reason, at in rows:
+            if out and out[-1]["last_seq"] == seq - 1 and out[-1]["reason"] == reason:
+                out[-1]["last_seq"] = seq
+                out[-1]["count"] += 1
+            else:
+                out.append({"first_seq": seq, "last_seq": seq, "count": 1, "reason": reason, "at": rfc3339(at)})
+        return out
+
+
+def _ranges(seqs: Sequence[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for s in seqs:
+        if out and out[-1][1] == s - 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

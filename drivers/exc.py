@@ -11,6 +11,10 @@ not import ``agent``; :mod:`agent.exc` re-exports it and adds the agent's own ph
     ├── ConfigError                agent.exc: a config file is invalid (carries every problem)
     ├── StoreError                 agent.exc: the local store
     │   └── StoreFull              the disk quota or the disk itself is full
+    ├── ControlError               agent.exc: the control socket between CLI and agent
+    │   ├── AgentNotRunning        nothing answers (no agent, or a stale socket)
+    │   ├── AgentNotAnswering      accepted, but no answer in time (frozen, overloaded)
+    │   └── ControlRefused         the agent refused the request (carries ``kind``)
     └── SyncError                  agent.exc: the uplink (carries ``status``, ``retry_after``)
         ├── SyncRejected           400/422: the batch is malformed for this server
         ├── AuthRefused            401/403: credentials refused

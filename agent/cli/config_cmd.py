@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +35,7 @@ def register(sub: Any) -> None:
         "apply", help="validate FILE, then install it as the live config and tell the running agent to reload"
     )
     apply.add_argument("file", help="the new config file (e.g. pushed by fleet management)")
+    apply.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the running agent's verdict")
     add_config_arg(apply)
     add_json_arg(apply)
     apply.set_defaults(func=cmd_apply)
@@ -74,31 +74,64 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """Validate first; only a valid file replaces the live one (atomically), then SIGHUP."""
+    """Validate, have the running agent apply it, and only then install it as the live file.
+
+    The candidate is copied beside the live file (so relative paths resolve alike), with
+    the live file's owner, group and mode; the running agent loads it and answers with
+    its verdict. Only an applied file replaces the live one (atomically). With no agent
+    running, a valid file is installed and takes effect at the next start.
+    """
     from agent import config
-    from agent.daemon import running_pid
-    from agent.exc import ConfigError
+    from agent.control import ControlClient
+    from agent.exc import AgentNotRunning, ConfigError
 
     new, live = Path(args.file), Path(args.config)
     try:
-        cfg = config.loads(new.read_text(encoding="utf-8"), source=str(new), base_dir=live.parent)
-    except OSError as exc:
-        print(f"coldgate: cannot read {new}: {exc.strerror}", file=sys.stderr)
-        return 1
+        cfg = config.load(new, base_dir=live.parent)
     except ConfigError as exc:
         report = exc.report() + f"\n{live} left unchanged."
         emit(args, {"applied": False, "problems": [p.__dict__ for p in exc.problems]}, lambda _: report)
         return 1
-    fd, tmp = tempfile.mkstemp(dir=live.parent, prefix=f".{live.name}.")
-    os.close(fd)
-    shutil.copyfile(new, tmp)
-    if live.exists():
-        shutil.copymode(live, tmp)
-    os.replace(tmp, live)
-    pid = running_pid(cfg.store.path)
-    if pid:
-        os.kill(pid, signal.SIGHUP)
-    emit(args, {"applied": True, "live": str(live), "reloaded_pid": pid},
-         lambda d: f"{d['live']} replaced; " + (f"agent (pid {pid}) told to reload" if pid else
-                                                "no agent running: it takes effect at the next start"))
+    fd, tmp_name = tempfile.mkstemp(dir=live.parent, prefix=f".{live.name}.", suffix=".candidate")
+    tmp = Path(tmp_name)
+    try:
+        os.close(fd)
+        shutil.copyfile(new, tmp)
+        _keep_owner_and_mode(live, tmp)
+        try:
+            verdict = ControlClient(cfg.control.socket, timeout=args.timeout).request("apply", path=str(tmp))
+            via = "the running agent"
+        except AgentNotRunning:
+            verdict, via = {"applied": True, "note": "no agent running: it takes effect at the next start"}, None
+        if verdict.get("applied"):
+            os.replace(tmp, live)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result = {"live": str(live), "via": via, **verdict}
+    if not verdict.get("applied"):
+        emit(args, result, lambda d: "the running agent rejected the file; "
+             f"{live} left unchanged:\n" + "\n".join(f"  - {p}" for p in d.get("problems", [])))
+        return 1
+    emit(args, result, lambda d: f"{d['live']} replaced; " + (
+        "applied by the running agent" + _drivers_text(d.get("drivers")) if via else d["note"]))
     return 0
+
+
+def _drivers_text(drivers: dict[str, list[str]] | None) -> str:
+    if not drivers:
+        return ""
+    parts = [f"{k} {', '.join(v)}" for k, v in drivers.items() if v and k != "kept"]
+    return f" (drivers: {'; '.join(parts)})" if parts else " (no driver restarted)"
+
+
+def _keep_owner_and_mode(live: Path, tmp: Path) -> None:
+    """The candidate gets the live file's owner, group and mode (so does the file it replaces)."""
+    try:
+        st = live.stat()
+    except FileNotFoundError:
+        return
+    os.chmod(tmp, st.st_mode & 0o7777)
+    try:
+        os.chown(tmp, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass  # not root: the file stays ours, as the live one was ours to replace

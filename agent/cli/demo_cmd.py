@@ -34,7 +34,6 @@ def register(sub: Any) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent import config
-    from agent.daemon import status_path
 
     cfg_path = Path(args.config)
     if not cfg_path.exists():
@@ -49,6 +48,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if f.is_file():
                 f.unlink()
     url = urlsplit(cfg.uplink.url or "http://127.0.0.1:8765")
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    busy = _port_in_use(host, port)
+    if busy:
+        print(f"coldgate: {host}:{port} is already in use ({busy}); stop whatever holds it "
+              f"(another demo?) or change [uplink] url in {cfg_path}", file=sys.stderr)
+        return 1
     token = cfg.uplink.token.get_secret_value() if cfg.uplink.token else None
     rx_cmd = [sys.executable, "-m", "agent", "receiver", "--host", url.hostname or "127.0.0.1",
               "--port", str(url.port or 80), "--db", str(rx_db)] + (["--token", token] if token else [])
@@ -59,18 +64,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     receiver = subprocess.Popen(rx_cmd, stdout=log_file, stderr=log_file, start_new_session=True)
     agent = None
     start = time.monotonic()
+    interrupted = False
+    # SIGTERM to the demo alone stops both children, as Ctrl-C does
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _wait_for_port(url.hostname or "127.0.0.1", url.port or 80, receiver)
+        _wait_for_port(host, port, receiver)
         agent = subprocess.Popen(agent_cmd, stdout=log_file, stderr=log_file, start_new_session=True)
         while args.seconds is None or time.monotonic() - start < args.seconds:
             time.sleep(args.every)
             if agent.poll() is not None:
                 print(f"agent exited with {agent.returncode}; see {data_dir / 'demo.log'}", file=sys.stderr)
                 return 1
-            print(_progress(time.monotonic() - start, status_path(cfg.store.path), rx_db), flush=True)
+            print(_progress(time.monotonic() - start, cfg, rx_db), flush=True)
     except KeyboardInterrupt:
+        interrupted = True
         print("\nstopping…")
     finally:
+        signal.signal(signal.SIGTERM, previous)
         code = _stop(agent)
         if agent is not None and code == 0:
             # send what the agent committed on its way out
@@ -79,7 +89,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _stop(receiver)
         log_file.close()
     print(_final(rx_db, cfg))
-    return 0
+    return 130 if interrupted else 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be had, or None when it is free."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -108,18 +134,19 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> int:
         return proc.wait()
 
 
-def _progress(elapsed: float, status_file: Path, rx_db: Path) -> str:
-    import json
+def _progress(elapsed: float, cfg: Any, rx_db: Path) -> str:
+    from agent.control import ControlClient
+    from agent.exc import ControlError
 
     try:
-        st = json.loads(status_file.read_text())
-    except (OSError, ValueError):
+        st = ControlClient(cfg.control.socket, timeout=5.0).request("status")
+    except ControlError:
         return f"[{elapsed:5.0f} s] agent starting…"
     temps = []
     for sid, s in sorted(st.get("sensors", {}).items()):
         t = s.get("readings", {}).get("temperature")
         if t:
-            temps.append(f"{sid} {t['value']:.2f}°C")
+            temps.append(f"{sid} {t['value']:.2f} °C")
     store = st.get("store", {})
     held = _receiver_summary(rx_db)
     alarms = [f"{a.get('rule')}@{a.get('sensor_id')}" for a in st.get("alarms", []) if a.get("state") == "raised"]

@@ -10,14 +10,14 @@ appends the record together with the new state, exactly as the daemon would.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 from agent.cli.common import DEFAULT_CONFIG, add_config_arg, add_json_arg, emit, load_config
 from agent.exc import ColdgateError
+from agent.stamp import Stamper
 
-ACK_WAIT_S = 5.0
+ACK_WAIT_S = 30.0
 
 
 def register(sub: Any) -> None:
@@ -138,44 +138,38 @@ def cmd_alarms(args: argparse.Namespace) -> int:
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    from agent.daemon import running_pid
+    from agent.control import ControlClient
+    from agent.exc import AgentNotRunning
     from agent.store import Store
 
     cfg = load_config(args)
-    with Store.open(cfg.store.path, gateway_id=cfg.gateway_id, create=False, check=False) as store:
-        state = store.load_state("rules") or {}
-        if args.alarm_id not in state.get("book", {}).get("alarms", {}):
-            raise ColdgateError(f"no active alarm {args.alarm_id!r} (see `coldgate alarms`)")
-        pid = running_pid(Path(store.path))
-        if pid is not None:
-            cid = store.enqueue_command("alarm_ack", {"alarm_id": args.alarm_id, "by": args.by,
-                                                       "reason": args.reason})
-            deadline = time.monotonic() + ACK_WAIT_S
-            while not store.command_done(cid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            taken = store.command_done(cid)
-            result = {"alarm_id": args.alarm_id, "via": "daemon", "pid": pid, "taken": taken}
-        else:
-            result = {"via": "store", **_ack_offline(cfg, store, state, args)}
+    try:
+        change = ControlClient(cfg.control.socket, timeout=ACK_WAIT_S).request(
+            "alarm_ack", alarm_id=args.alarm_id, by=args.by, reason=args.reason)
+        result = {"via": "agent", **change}
+    except AgentNotRunning:
+        stamper = Stamper.for_source(cfg.time.sync_source)
+        with Store.open(cfg.store.path, gateway_id=cfg.gateway_id, create=False, check=False,
+                        stamper=stamper) as store:
+            state = store.load_state("rules") or {}
+            if args.alarm_id not in state.get("book", {}).get("alarms", {}):
+                raise ColdgateError(f"no active alarm {args.alarm_id!r} (see `coldgate alarms`)") from None
+            result = {"via": "store", **_ack_offline(cfg, store, state, args, stamper)}
 
     def text(d: dict[str, Any]) -> str:
-        if d["via"] == "daemon":
-            return (f"acknowledgement of {d['alarm_id']} handed to the running agent (pid {d['pid']})"
-                    + ("" if d["taken"] else "; not taken yet, it will be when the agent polls"))
-        return f"{d['alarm_id']} acknowledged by {d['by']} (seq {d['seq']})"
+        how = "by the running agent" if d["via"] == "agent" else f"in the store (seq {d.get('seq')})"
+        return f"{d['alarm_id']} acknowledged by {d['by']} {how}"
 
     emit(args, result, text)
     return 0
 
 
-def _ack_offline(cfg: Any, store: Any, state: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def _ack_offline(cfg: Any, store: Any, state: dict[str, Any], args: argparse.Namespace,
+                 stamper: Any) -> dict[str, Any]:
     from agent.rules.engine import RuleEngine
-    from agent.timebase import Clock
 
-    clock = Clock(sync_source=cfg.time.sync_source)
     assignments = {s.id: s.profile for s in cfg.sensors if s.profile}
     engine = RuleEngine(cfg.rules, assignments, state=state)
-    change = engine.acknowledge(args.alarm_id, args.by, args.reason, clock.now())
-    item = {"type": "alarm", "time_quality": "synced" if clock.synced() else "unsynced", **change}
-    (seq,) = store.append([item], state={"rules": engine.snapshot()})
+    change = engine.acknowledge(args.alarm_id, args.by, args.reason, stamper.now())
+    (seq,) = store.append([stamper.alarm(change)], state={"rules": engine.snapshot()})
     return {**change, "seq": seq}

@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent import config
-    from agent.daemon import Agent, setup_logging, sync_threads_alive
+    from agent.daemon import Agent, setup_logging
     from agent.exc import ConfigError
 
     path = Path(args.config)
@@ -35,11 +35,12 @@ def run(args: argparse.Namespace) -> int:
         print(exc.report(), file=sys.stderr)
         return EX_CONFIG
     setup_logging(args.log_level or ("debug" if args.verbose else cfg.log_level))
-    code = asyncio.run(Agent(cfg, config_path=path).run())
-    if sync_threads_alive():
-        # Everything is committed and the store is closed; a request still hanging on its
-        # daemon thread must not hold the exit up, nor run while the interpreter unloads
-        # the modules under it.
+    agent = Agent(cfg, config_path=path)
+    code = asyncio.run(agent.run())
+    if agent.uplink.alive:
+        # Everything is committed and the store is closed; a request still hanging on the
+        # uplink's daemon thread must not hold the exit up, nor run while the interpreter
+        # unloads the modules under it.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

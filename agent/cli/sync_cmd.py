@@ -1,13 +1,8 @@
-"""``coldgate sync --now``: send what is pending now, through the daemon if it runs."""
+"""``coldgate sync --now``: send what is pending now, through the agent if it runs."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import sys
-import time
 from typing import Any
 
 from agent.cli.common import add_config_arg, add_json_arg, emit, load_config
@@ -16,60 +11,68 @@ from agent.cli.common import add_config_arg, add_json_arg, emit, load_config
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("sync", help="send pending records to the uplink")
     add_config_arg(p)
-    p.add_argument("--now", action="store_true", required=True, help="now, ignoring any backoff")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--now", action="store_true", help="now, ignoring any backoff")
+    what.add_argument("--retry-set-aside", action="store_true",
+                      help="put the batches the server refused (set aside) back in the queue, then sync")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the running agent's answer")
     add_json_arg(p)
     p.set_defaults(func=cmd_sync)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from agent.daemon import running_pid, status_path
-    from agent.store import Store
-    from agent.sync import Syncer
+    from agent.control import ControlClient
+    from agent.exc import AgentNotRunning
 
     cfg = load_config(args)
-    pid = running_pid(cfg.store.path)
-    if pid:
-        before = _attempt(status_path(cfg.store.path))
-        try:
-            os.kill(pid, signal.SIGUSR1)
-        except ProcessLookupError:
-            print(f"coldgate: the agent (pid {pid}) has just exited; run this again", file=sys.stderr)
-            return 1
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            after = _attempt(status_path(cfg.store.path))
-            if after is not None and after.get("last_attempt_at") != (before or {}).get("last_attempt_at"):
-                with Store.open(cfg.store.path, gateway_id=cfg.gateway_id, create=False, check=False) as store:
-                    pending = store.stats()["pending"]
-                result = {"via": f"agent pid {pid}", **after, "pending": pending}
-                emit(args, result, _text)
-                return 0 if after.get("result") in ("ok", "idle") else 1
-        emit(args, {"via": f"agent pid {pid}", "result": "no answer", "pending": None},
-             lambda d: f"agent (pid {pid}) did not report a sync within {args.timeout:g} s")
-        return 1
-    with Store.open(cfg.store.path, gateway_id=cfg.gateway_id, create=False, check=False) as store:
-        syncer = Syncer(store, cfg.uplink, store.gateway_id)
-        try:
-            state = syncer.sync_once()
-        finally:
-            syncer.close()
-        pending = store.stats()["pending"]
-    result = {"via": "this process (agent not running)", **state.as_dict(), "pending": pending}
-    emit(args, result, _text)
-    return 0 if state.result in ("ok", "idle") else 1
-
-
-def _attempt(path: Any) -> dict[str, Any] | None:
+    client = ControlClient(cfg.control.socket, timeout=args.timeout + 5)
     try:
-        return dict(json.loads(path.read_text()).get("sync", {}))
-    except (OSError, ValueError):
-        return None
+        released = None
+        if args.retry_set_aside:
+            released = client.request("retry_set_aside", timeout=args.timeout)
+        state = client.request("sync", timeout=args.timeout + 5, **{"timeout": args.timeout})
+        result = {"via": "the running agent", **state, "released": released}
+    except AgentNotRunning:
+        result = _in_process(cfg, args.retry_set_aside)
+    emit(args, result, _text)
+    return 0 if result.get("result") in ("ok", "idle") else 1
+
+
+def _in_process(cfg: Any, retry_set_aside: bool) -> dict[str, Any]:
+    """No agent runs: drain the store from this process (the records it makes are stamped
+    by the configured clock and appended directly)."""
+    from agent.stamp import Stamper
+    from agent.store import Store
+    from agent.uplink import transport_for
+    from agent.uplink.loop import UplinkLoop
+
+    stamper = Stamper.for_source(cfg.time.sync_source)
+    with Store.open(cfg.store.path, gateway_id=cfg.gateway_id, create=False, check=False, stamper=stamper) as store:
+        released = None
+        if retry_set_aside:
+            released = store.release_set_aside()
+            if released["count"]:
+                store.append([stamper.event("set_aside_released", {"count": released["count"],
+                                                                    "ranges": released["ranges"]})])
+        make = transport_for(cfg.uplink)
+        loop = UplinkLoop(lambda: store, make, cfg.uplink, store.gateway_id, stamper,
+                          lambda item: store.append([item]))
+        try:
+            state = loop.drain()
+        finally:
+            if loop.transport is not None:
+                loop.transport.close()
+        pending = store.stats()["pending"]
+    return {"via": "this process (agent not running)", **state.as_dict(), "pending": pending, "released": released}
 
 
 def _text(d: dict[str, Any]) -> str:
-    line = f"sync ({d['via']}): {d.get('result')}, {d.get('pending')} record(s) still pending"
+    line = f"sync ({d['via']}): {d.get('result')}"
+    if d.get("pending") is not None:
+        line += f", {d.get('pending')} record(s) still pending"
+    rel = d.get("released")
+    if rel:
+        line += f"\n  {rel['count']} set-aside record(s) put back in the queue"
     if d.get("last_error"):
         line += f"\n  last error: {d['last_error']}"
     if d.get("next_retry_at"):

@@ -196,6 +196,11 @@ class TimeToBreachRule(_Trend):
     hysteresis: float = Field(default=0.0, ge=0, description="clears only this far inside the limit")
 
 
+#: One "data missing" default for the whole agent: the preset rule's timeout, and what
+#: status calls a sensor missing when no ``missing_after_s`` is configured for it.
+DEFAULT_MISSING_AFTER_S = 900.0
+
+
 class MissingRule(_Rule):
     """Data missing: no sample (of ``quantity``, or of any) for ``timeout_s``."""
 

@@ -1,8 +1,15 @@
-"""The daemon in-process: clock correction, config reload, driver failure isolation, shutdown."""
+"""The agent in-process: its parts wired by the supervisor, driven through the control socket.
+
+Real SQLite in ``tmp_path``, the shipped simulated driver, and the shipped fake transport
+behind the uplink seam (``Agent(..., transport=...)``); the systemd manager is a real
+datagram socket passed as ``NOTIFY_SOCKET``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -10,15 +17,21 @@ from typing import Any
 import pytest
 
 from agent import config as configmod
-from agent.daemon import Agent, running_pid
+from agent.control import ControlClient
+from agent.daemon import Agent
+from agent.exc import ColdgateError, SyncTransient
 from agent.store import Store
 from agent.timebase import Clock
+from agent.uplink.base import Answer, Batch
+from agent.uplink.fake import FakeTransport
 
 BASE = """
 gateway_id = "gw-daemon"
 [store]
 path = "store.db"
-commit_interval_s = 0.1
+commit_interval_s = 0.05
+[control]
+socket = "control.sock"
 [time]
 sync_source = "assume_synced"
 [recording]
@@ -61,7 +74,7 @@ async def poll(predicate: Any, timeout: float = 20.0) -> Any:
         value = predicate()
         if value:
             return value
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
 
 
@@ -70,16 +83,28 @@ def records(path: Path, **kw: Any) -> list[dict[str, Any]]:
         return s.records(**kw)
 
 
+def events(path: Path, name: str) -> list[dict[str, Any]]:
+    return [r for r in records(path, type="event") if r["event"] == name]
+
+
 def write(tmp_path: Path, text: str) -> Path:
     f = tmp_path / "c.toml"
     f.write_text(text)
     return f
 
 
-async def run_agent(agent: Agent) -> asyncio.Task[int]:
+async def start(agent: Agent) -> asyncio.Task[int]:
     task = asyncio.create_task(agent.run())
-    await poll(lambda: agent.store is not None)
+    await poll(lambda: agent.ready.is_set() or task.done())
+    if task.done():
+        task.result()
     return task
+
+
+async def ask(agent: Agent, cmd: str, **args: Any) -> Any:
+    """A request over the real control socket, as the CLI makes it."""
+    client = ControlClient(agent.config.control.socket, timeout=30)
+    return await asyncio.to_thread(client.request, cmd, **args)
 
 
 def test_readings_stamped_unsynced_are_corrected_by_a_clock_step_event_when_the_clock_syncs(tmp_path: Path) -> None:
@@ -87,15 +112,14 @@ def test_readings_stamped_unsynced_are_corrected_by_a_clock_step_event_when_the_
     cfg = configmod.load(cfg_path)
     clock = SteppableClock(error_s=-86_400.0)  # booted a day behind
     store_path = tmp_path / "store.db"
-
     started = time.time()
 
     async def scenario() -> None:
         agent = Agent(cfg, config_path=cfg_path, clock=clock)
-        task = await run_agent(agent)
+        task = await start(agent)
         await poll(lambda: len(records(store_path, type="reading")) >= 20)
         clock.sync()
-        step = await poll(lambda: [r for r in records(store_path, type="event") if r["event"] == "clock_step"])
+        step = await poll(lambda: events(store_path, "clock_step"))
         await poll(lambda: any(r["time_quality"] == "synced" for r in records(store_path, type="reading")))
         agent.stop()
         assert await task == 0
@@ -119,27 +143,54 @@ def test_readings_stamped_unsynced_are_corrected_by_a_clock_step_event_when_the_
     asyncio.run(scenario())
 
 
+def test_readings_not_yet_committed_when_the_clock_syncs_are_restamped_and_marked_corrected(tmp_path: Path) -> None:
+    """What the writer still holds when the clock becomes synchronised is stamped right."""
+    cfg_path = write(tmp_path, BASE.replace("commit_interval_s = 0.05", "commit_interval_s = 1.0")
+                     + SIM.format(name="sim", speed=1, extra="", sensor="p1"))
+    clock = SteppableClock(error_s=-3600.0)
+    store_path = tmp_path / "store.db"
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path, clock=clock)
+        task = await start(agent)
+        await poll(lambda: records(store_path, type="reading"))
+        # a commit just happened; the next waits up to a second: readings are held now
+        await poll(lambda: agent.ingest.items)
+        clock.sync()
+        await poll(lambda: events(store_path, "clock_step"))
+        agent.stop()
+        await task
+        corrected = [r for r in records(store_path, type="reading") if r["time_quality"] == "corrected"]
+        assert corrected, "readings held at the moment of sync were not restamped"
+        from agent.timebase import parse_rfc3339
+
+        for r in corrected:  # restamped: the right time, not an hour early
+            assert abs(parse_rfc3339(r["ts"]) - time.time()) < 60
+
+    asyncio.run(scenario())
+
+
 def test_reload_applies_a_valid_config_and_rejects_a_broken_one_keeping_the_running_config(tmp_path: Path) -> None:
     cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=1, extra="", sensor="p1"))
     store_path = tmp_path / "store.db"
 
     async def scenario() -> None:
         agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
-        task = await run_agent(agent)
+        task = await start(agent)
         await poll(lambda: records(store_path, type="reading"))
         cfg_path.write_text(BASE + SIM.format(name="sim2", speed=1, extra="", sensor="p2"))
-        assert await agent.reload() is True
+        verdict = await ask(agent, "reload")
+        assert verdict["applied"] is True and verdict["drivers"]["started"] == ["sim2"]
         await poll(lambda: any(r["sensor_id"] == "p2" for r in records(store_path, type="reading")))
         cfg_path.write_text(BASE + "bogus_key = 1\n" + SIM.format(name="sim3", speed="-1", extra="", sensor="p3"))
-        assert await agent.reload() is False
-        assert set(agent.drivers) == {"sim2"}
+        verdict = await ask(agent, "reload")
+        assert verdict["applied"] is False
+        assert set(agent.drivers.drivers) == {"sim2"}
         before = len(records(store_path, type="reading", sensor_id="p2"))
         await poll(lambda: len(records(store_path, type="reading", sensor_id="p2")) > before)
         agent.stop()
         await task
-        events = [r for r in records(store_path, type="event")]
-        applied = [e for e in events if e["event"] == "config_applied"]
-        rejected = [e for e in events if e["event"] == "config_rejected"]
+        applied, rejected = events(store_path, "config_applied"), events(store_path, "config_rejected")
         assert [a["details"]["at"] for a in applied] == ["start", "reload"]
         assert len(rejected) == 1
         problems = " ".join(rejected[0]["details"]["problems"])
@@ -148,7 +199,38 @@ def test_reload_applies_a_valid_config_and_rejects_a_broken_one_keeping_the_runn
     asyncio.run(scenario())
 
 
-def test_a_failing_driver_is_reported_and_restarted_while_the_others_go_on(tmp_path: Path) -> None:
+def test_a_reload_that_changes_only_rules_keeps_every_driver_running(tmp_path: Path) -> None:
+    """Finding 10: a reload restarted every driver (readings in flight at risk, BLE scan stopped)."""
+    drivers = SIM.format(name="a", speed=1, extra="", sensor="p1") + SIM.format(name="b", speed=1, extra="",
+                                                                                  sensor="p2")
+    sensors = '\n[[sensors]]\nid = "p1"\nprofile = "{p}"\n'
+    cfg_path = write(tmp_path, BASE + drivers + sensors.format(p="2-8C"))
+    store_path = tmp_path / "store.db"
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
+        task = await start(agent)
+        before = dict(agent.drivers.drivers)
+        await poll(lambda: records(store_path, type="reading", sensor_id="p2"))
+        cfg_path.write_text(BASE + drivers + sensors.format(p="15-25C"))
+        verdict = await ask(agent, "reload")
+        assert verdict["applied"] and verdict["drivers"] == {"started": [], "stopped": [], "restarted": [],
+                                                             "kept": ["a", "b"]}
+        assert agent.drivers.drivers == before  # the same driver objects, never stopped
+        assert all(d.status.state == "running" for d in before.values())
+        assert agent.engine.sensors() == {"p1": "15-25C"}
+        # a changed option restarts that driver only
+        cfg_path.write_text(BASE + drivers.replace("seed = 1", "seed = 2", 1) + sensors.format(p="15-25C"))
+        verdict = await ask(agent, "reload")
+        assert verdict["drivers"]["restarted"] == ["a"] and verdict["drivers"]["kept"] == ["b"]
+        assert agent.drivers.drivers["b"] is before["b"] and agent.drivers.drivers["a"] is not before["a"]
+        agent.stop()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_driver_is_reported_once_and_restarted_while_the_others_go_on(tmp_path: Path) -> None:
     text = BASE + SIM.format(name="good", speed=1, extra="", sensor="ok") + SIM.format(
         name="flaky", speed=0, extra="limit = 100000\nfault_after_readings = 30\nchunk = 10", sensor="bad")
     cfg_path = write(tmp_path, text)
@@ -156,116 +238,263 @@ def test_a_failing_driver_is_reported_and_restarted_while_the_others_go_on(tmp_p
 
     async def scenario() -> None:
         agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
-        agent_drivers_backoff = 0.01
-        task = await run_agent(agent)
-        agent.drivers["flaky"].backoff_base_s = agent_drivers_backoff  # type: ignore[misc]
-        await poll(lambda: len([e for e in records(store_path, type="event") if e["event"] == "driver_error"]) >= 2)
-        await poll(lambda: agent.drivers["flaky"].status.restarts >= 2)
+        task = await start(agent)
+        await poll(lambda: agent.drivers.drivers["flaky"].status.restarts >= 1)
         good_before = len(records(store_path, type="reading", sensor_id="ok"))
         await poll(lambda: len(records(store_path, type="reading", sensor_id="ok")) > good_before)
         agent.stop()
         await task
-        errors = [e for e in records(store_path, type="event") if e["event"] == "driver_error"]
-        assert all(e["details"]["driver"] == "flaky" for e in errors)
+        errors = events(store_path, "driver_error")
+        assert errors and all(e["details"]["driver"] == "flaky" for e in errors)
         assert "simulated fault" in errors[0]["details"]["message"]
 
     asyncio.run(scenario())
 
 
-def test_stop_commits_everything_buffered_and_releases_the_pid_lock(tmp_path: Path) -> None:
-    cfg_path = write(tmp_path, BASE.replace("commit_interval_s = 0.1", "commit_interval_s = 1.0")
+def test_stop_commits_everything_taken_and_frees_the_store_for_the_next_agent(tmp_path: Path) -> None:
+    cfg_path = write(tmp_path, BASE.replace("commit_interval_s = 0.05", "commit_interval_s = 1.0")
                      + SIM.format(name="sim", speed=0, extra="limit = 5000", sensor="p1"))
     store_path = tmp_path / "store.db"
 
     async def scenario() -> None:
         agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
-        task = await run_agent(agent)
-        assert running_pid(store_path) is not None
-        await poll(lambda: agent.drivers["sim"].status.counters["readings"] >= 5000)
+        task = await start(agent)
+        await poll(lambda: agent.drivers.drivers["sim"].status.counters["readings"] >= 5000)
         agent.stop()
         assert await task == 0
-        assert running_pid(store_path) is None
         assert len(records(store_path, type="reading")) == 5000
+        assert not agent.config.control.socket.exists()
+        names = [e["event"] for e in records(store_path, type="event")]
+        assert names[:3] == ["stream_started", "agent_started", "config_applied"] and names[-1] == "agent_stopped"
+        again = Agent(configmod.load(cfg_path), config_path=cfg_path)  # the lock and the socket are free
+        task = await start(again)
+        again.stop()
+        assert await task == 0
 
     asyncio.run(scenario())
 
 
-def test_a_second_agent_on_the_same_store_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+def test_a_second_agent_on_the_same_store_or_socket_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=1, extra="", sensor="p1"))
+    other = tmp_path / "other"
+    other.mkdir()
+    other_cfg = write(other, BASE.replace('path = "store.db"', f'path = "{tmp_path}/x.db"')
+                      .replace('socket = "control.sock"', f'socket = "{tmp_path}/control.sock"'))
 
     async def scenario() -> None:
         first = Agent(configmod.load(cfg_path), config_path=cfg_path)
-        task = await run_agent(first)
-        from agent.exc import StoreError
-
-        with pytest.raises(StoreError, match="another coldgate"):
+        task = await start(first)
+        with pytest.raises(ColdgateError, match="another coldgate"):
             await Agent(configmod.load(cfg_path), config_path=cfg_path).run()
+        with pytest.raises(ColdgateError, match="another coldgate already runs: it answers on"):
+            await Agent(configmod.load(other_cfg), config_path=other_cfg).run()
+        assert (await ask(first, "ping"))["pid"] == os.getpid()  # the first one is unharmed
         first.stop()
         await task
 
     asyncio.run(scenario())
 
 
-def test_a_full_disk_keeps_readings_in_memory_until_it_can_write_and_counts_any_overflow_as_data_loss(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent.daemon as daemon_mod
-
-    monkeypatch.setattr(daemon_mod, "MAX_BUFFER", 300)
-    cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=0, extra="limit = 2000\nchunk = 50",
-                                                 sensor="p1"))
-    store_path = tmp_path / "store.db"
+def test_a_stale_socket_left_by_a_killed_agent_is_replaced(tmp_path: Path) -> None:
+    cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=1, extra="", sensor="p1"))
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "control.sock"))
+    stale.close()  # the file stays; nobody listens
 
     async def scenario() -> None:
         agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
-        # the store's file may not grow: SQLite answers "database or disk is full", as on a full disk
-        task = await run_agent(agent)
-        assert agent.store is not None
-        conn = agent.store.conn
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages}")
-        await poll(lambda: agent.drivers["sim"].status.counters["readings"] >= 2000)
-        await poll(lambda: agent._store_error is not None)
-        assert "full" in agent._store_error
-        conn.execute("PRAGMA max_page_count = 1073741823")  # space again
-        await poll(lambda: agent._store_error is None and not agent._pending_retry)
+        task = await start(agent)
+        assert (await ask(agent, "ping"))["gateway_id"] == "gw-daemon"
+        assert oct((tmp_path / "control.sock").stat().st_mode & 0o777) == oct(0o660)
         agent.stop()
         await task
-        kept = records(store_path, type="reading")
-        losses = [e for e in records(store_path, type="event") if e["event"] == "data_loss"]
-        assert len(losses) == 1
-        d = losses[0]["details"]
-        assert d["reason"] == "store_unwritable" and "full" in d["error"]
-        # every reading is either stored or counted, none vanished silently
-        assert len(kept) + d["count"] == 2000 and d["sensors"] == {"p1": d["count"]}
-        assert d["count"] > 0
 
     asyncio.run(scenario())
 
 
-def test_an_unexpected_error_in_a_commit_keeps_the_readings_and_the_writer_goes_on(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=0, extra="limit = 500\nchunk = 50",
-                                                 sensor="p1"))
+def test_a_commit_wakes_the_uplink_at_once_instead_of_waiting_for_the_idle_interval(tmp_path: Path) -> None:
+    """Finding 4: a reading waited for ``uplink.interval_s`` after each pass."""
+    cfg_path = write(tmp_path, BASE + '\n[uplink]\nurl = "http://unused.invalid"\ninterval_s = 3600\n'
+                     + SIM.format(name="sim", speed=1, extra="", sensor="p1"))
+    fake = FakeTransport()
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path, transport=lambda: fake)
+        task = await start(agent)
+        first = await poll(lambda: len(fake.stored) >= 1)
+        assert first
+        # with an hour between idle polls, new readings still go out within moments of their commit
+        n = len(fake.stored)
+        t0 = time.monotonic()
+        await poll(lambda: len(fake.stored) >= n + 20, timeout=10)
+        assert time.monotonic() - t0 < 10
+        agent.stop()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_sync_over_the_control_socket_runs_a_pass_and_answers_with_its_result(tmp_path: Path) -> None:
+    cfg_path = write(tmp_path, BASE + '\n[uplink]\nurl = "http://unused.invalid"\nbackoff_base_s = 600\n'
+                     'backoff_cap_s = 600\n' + SIM.format(name="sim", speed=1, extra="", sensor="p1"))
+    down = {"on": True}
+
+    def handler(fake: FakeTransport, batch: Batch) -> Answer:
+        if down["on"]:
+            raise SyncTransient("connection refused")
+        return fake.store(batch)
+
+    fake = FakeTransport(handler)
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path, transport=lambda: fake)
+        task = await start(agent)
+        await poll(lambda: agent.uplink.state.result == "transient")
+        assert agent.uplink.state.next_retry_mono is not None  # backing off for minutes
+        down["on"] = False
+        answer = await ask(agent, "sync", timeout=10)
+        assert answer["result"] in ("ok", "idle") and answer["last_error"] is None
+        assert fake.stored
+        agent.stop()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_an_alarm_is_acknowledged_through_the_control_socket_with_who_and_why(tmp_path: Path) -> None:
+    text = BASE + SIM.format(name="sim", speed=1, extra="", sensor="p1").replace(
+        'interval_s = 0.05 }', 'interval_s = 0.05, setpoint = 12.0 }') + """
+[rules.profiles.fast]
+extends = "2-8C"
+[rules.profiles.fast.rules.high]
+type = "above"
+limit = 8.0
+delay_s = 0
+[[sensors]]
+id = "p1"
+profile = "fast"
+"""
+    cfg_path = write(tmp_path, text)
     store_path = tmp_path / "store.db"
 
     async def scenario() -> None:
         agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
-        task = await run_agent(agent)
-        assert agent.store is not None
-        real = agent.store.append
-        failures = {"left": 3}
+        task = await start(agent)
+        raised = await poll(lambda: [r for r in records(store_path, type="alarm") if r["state"] == "raised"])
+        alarm_id = raised[0]["alarm_id"]
+        from agent.exc import ControlRefused
 
-        def flaky(items: Any, **kw: Any) -> Any:
-            if failures["left"]:
-                failures["left"] -= 1
-                raise RuntimeError("a bug, not a disk")
-            return real(items, **kw)
-
-        monkeypatch.setattr(agent.store, "append", flaky)
-        await poll(lambda: agent.drivers["sim"].status.counters["readings"] >= 500)
-        await poll(lambda: failures["left"] == 0 and agent._store_error is None and not agent._pending_retry)
+        with pytest.raises(ControlRefused, match="non-empty"):
+            await ask(agent, "alarm_ack", alarm_id=alarm_id, by="qa", reason=" ")
+        with pytest.raises(ControlRefused, match="no active alarm"):
+            await ask(agent, "alarm_ack", alarm_id="nope", by="qa", reason="checked")
+        change = await ask(agent, "alarm_ack", alarm_id=alarm_id, by="qa.lead", reason="probe checked, box closed")
+        assert change["state"] == "acknowledged"
+        acks = [r for r in records(store_path, type="alarm") if r["state"] == "acknowledged"]
+        assert acks and acks[0]["by"] == "qa.lead" and acks[0]["reason"] == "probe checked, box closed"
         agent.stop()
         await task
-        assert len(records(store_path, type="reading")) == 500
 
     asyncio.run(scenario())
+
+
+def test_status_over_the_control_socket_shows_every_part(tmp_path: Path) -> None:
+    cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=1, extra="", sensor="p1"))
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
+        task = await start(agent)
+        await poll(lambda: agent.ingest.last_seen)
+        st = await ask(agent, "status")
+        assert st["running"] and st["answering"] and st["stale"] == []
+        assert st["drivers"]["sim"]["state"] == "running"
+        assert st["store"]["head_seq"] >= 3 and st["writer"]["error"] is None
+        assert "temperature" in st["sensors"]["p1"]["readings"]
+        assert st["sync"]["result"] in ("offline", "never")
+        agent.stop()
+        await task
+
+    asyncio.run(scenario())
+
+
+class NotifySocket:
+    """The systemd manager's end of ``NOTIFY_SOCKET``: a real datagram socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.path = path
+        self.messages: list[dict[str, str]] = []
+
+    def drain(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                return self.messages
+            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+
+    def count(self, key: str) -> int:
+        return sum(1 for m in self.drain() if key in m)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_systemd_hears_ready_once_the_store_is_open_and_the_drivers_started_then_watchdog_pings(
+        tmp_path: Path) -> None:
+    cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=1, extra="", sensor="p1"))
+    manager = NotifySocket(tmp_path / "notify.sock")
+    env = {"NOTIFY_SOCKET": str(manager.path), "WATCHDOG_USEC": "400000"}
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path, env=env)
+        task = await start(agent)
+        ready = await poll(lambda: [m for m in manager.drain() if "READY" in m])
+        assert agent.writer.store is not None and agent.drivers.drivers["sim"].status.state in ("starting", "running")
+        assert "gateway gw-daemon" in ready[0]["STATUS"]
+        await poll(lambda: manager.count("WATCHDOG") >= 3, timeout=10)
+        agent.stop()
+        await task
+        assert any("STOPPING" in m for m in manager.drain())
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        manager.close()
+
+
+def test_a_stuck_writer_stops_the_watchdog_feed_so_systemd_restarts_the_agent(tmp_path: Path) -> None:
+    """Finding 6: nothing fed a watchdog; a frozen agent looked healthy."""
+    import threading
+
+    cfg_path = write(tmp_path, BASE + SIM.format(name="sim", speed=1, extra="", sensor="p1"))
+    manager = NotifySocket(tmp_path / "notify.sock")
+    env = {"NOTIFY_SOCKET": str(manager.path), "WATCHDOG_USEC": "400000"}  # stuck after 0.2 s
+    release = threading.Event()
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path, env=env)
+        task = await start(agent)
+        await poll(lambda: manager.count("WATCHDOG") >= 2)
+        agent.intake.call(lambda: release.wait(30))  # the writer hangs, as on a dead SD card
+        await poll(lambda: agent.stuck is not None)
+        assert "writer stuck" in agent.stuck
+        manager.drain()
+        manager.messages.clear()
+        await asyncio.sleep(1.0)  # the feed interval is 0.2 s: five pings would have come
+        msgs = manager.drain()
+        assert not [m for m in msgs if "WATCHDOG" in m]
+        assert any("STUCK" in m.get("STATUS", "") for m in msgs) or agent.stuck
+        release.set()
+        await poll(lambda: agent.stuck is None)
+        await poll(lambda: manager.count("WATCHDOG") >= 1)
+        agent.stop()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        manager.close()

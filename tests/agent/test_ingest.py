@@ -10,6 +10,7 @@ from freezegun import freeze_time
 from agent import config as configmod
 from agent.ingest import Ingest
 from agent.rules.engine import RuleEngine, Sample
+from agent.stamp import Stamper
 from agent.timebase import Clock
 from drivers.base import Reading
 
@@ -32,10 +33,9 @@ profile = "2-8C"
 
 def make(judge: bool = False) -> Ingest:
     cfg = configmod.loads(CFG)
-    ingest = Ingest(cfg, Clock("assume_synced"))
+    ingest = Ingest(cfg, Stamper(Clock("assume_synced")))
     if judge:
-        engine = RuleEngine(cfg.rules, {"lane": "2-8C"})
-        ingest.judge, ingest.sample_factory, ingest.judged = engine, Sample, frozenset({"lane"})
+        ingest.set_judge(RuleEngine(cfg.rules, {"lane": "2-8C"}), Sample)
     return ingest
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from agent.sync import Syncer  # noqa: E402
+
 from agent.config import UplinkConfig  # noqa: E402
 from agent.store import Store  # noqa: E402
-from agent.sync import Syncer  # noqa: E402
 from tests.bench._common import cpu_seconds  # noqa: E402
 from tests.e2e.harness import ReceiverProcess  # noqa: E402
 

@@ -18,6 +18,8 @@ gateway_id = "gw-ble"
 [store]
 path = "store.db"
 commit_interval_s = 0.05
+[control]
+socket = "control.sock"
 [time]
 sync_source = "assume_synced"
 [recording]
@@ -82,7 +84,7 @@ def test_ble_advertisements_reach_the_store_deduplicated_and_survive_an_adapter_
         )  # wrong key
         await poll(lambda: len(records(store_path, type="reading")) >= 2)
         await poll(lambda: any(r["event"] == "ble_wrong_key" for r in records(store_path, type="event")))
-        status = agent.status()["drivers"]["ble"]
+        status = (await agent.status())["drivers"]["ble"]
         assert status["details"]["sensors"]["shipper-bt"]["rssi"] == -48
         assert status["counters"]["duplicates"] == 1 and status["counters"]["wrong_key"] == 1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import os
 import subprocess
@@ -152,24 +151,46 @@ def test_ack_without_a_daemon_appends_the_audit_record_with_the_new_state(store_
     assert "no active alarm 's:high:1'" in capsys.readouterr().err
 
 
-def test_ack_with_a_running_daemon_hands_it_the_command(store_with_alarm, capsys, monkeypatch):
-    from agent.cli import rules_cmd
+def test_ack_with_a_running_agent_goes_over_the_control_socket_and_shows_its_answer(store_with_alarm, capsys):
+    """The CLI hands the acknowledgement to whoever answers on the configured socket."""
+    import asyncio
+    import threading
+
+    from agent.control import ControlServer
     from agent.store import Store
 
     cfg, db = store_with_alarm
-    monkeypatch.setattr(rules_cmd, "ACK_WAIT_S", 0.2)
-    fd = os.open(f"{db}.pid", os.O_RDWR | os.O_CREAT, 0o644)
+    sock = cfg.parent / "control.sock"
+    cfg.write_text(cfg.read_text() + f'\n[control]\nsocket = "{sock}"\n')
+    asked: list[dict] = []
+    loop = asyncio.new_event_loop()
+    up = threading.Event()
+
+    async def ack(req):
+        asked.append(dict(req))
+        return {"alarm_id": req["alarm_id"], "state": "acknowledged", "by": req["by"], "reason": req["reason"]}
+
+    server = ControlServer(sock, {"alarm_ack": ack})
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        up.set()
+        loop.run_forever()
+        loop.run_until_complete(server.close())
+
+    t = threading.Thread(target=serve)
+    t.start()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running daemon holds
-        os.write(fd, str(os.getpid()).encode())
+        assert up.wait(10)
         assert main(["alarms", "ack", "s:high:1", "--by", "anna", "--reason", "ok", "--config", str(cfg),
                      "--json"]) == 0
     finally:
-        os.close(fd)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join()
+        loop.close()
     result = json.loads(capsys.readouterr().out)
-    assert result == {"alarm_id": "s:high:1", "via": "daemon", "pid": os.getpid(), "taken": False}
-    with Store.open(db, gateway_id="gw-t") as store:
-        commands = store.take_commands()
-        assert [r["state"] for r in store.records(type="alarm")] == ["raised"]  # the daemon records it
-    assert [(k, p) for _, k, p in commands] == [("alarm_ack", {"alarm_id": "s:high:1", "by": "anna",
-                                                                "reason": "ok"})]
+    assert result["via"] == "agent" and result["state"] == "acknowledged" and result["by"] == "anna"
+    assert asked == [{"cmd": "alarm_ack", "alarm_id": "s:high:1", "by": "anna", "reason": "ok"}]
+    with Store.open(db, gateway_id="gw-t") as store:  # the agent records it, not the CLI
+        assert [r["state"] for r in store.records(type="alarm")] == ["raised"]

@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 from agent.config import UplinkConfig
 from agent.receiver import Receiver
 from agent.store import Store
-from agent.sync import Syncer
+from tests.agent.uplink_helpers import drain
 
 
 def _name(cn: str) -> x509.Name:
@@ -100,11 +100,7 @@ def _sync(tmp_path: Path, **uplink: object) -> tuple[str, int, str | None]:
     with Store.open(tmp_path / "store.db", gateway_id="gw-tls") as store:
         store.append([{"type": "reading", "ts": 1_790_000_000.0 + i, "time_quality": "synced", "sensor_id": "p",
                        "quantity": "temperature", "value": 5.0, "unit": "Cel"} for i in range(10)])
-        syncer = Syncer(store, UplinkConfig(token="t", connect_timeout_s=2, read_timeout_s=5, **uplink), "gw-tls")
-        try:
-            state = syncer.sync_once()
-        finally:
-            syncer.close()
+        state = drain(store, UplinkConfig(token="t", connect_timeout_s=2, read_timeout_s=5, **uplink), "gw-tls")
         return state.result, store.stats()["pending"], state.last_error
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from agent.config import UplinkConfig
 from agent.store import Store
-from agent.sync import Syncer
+from tests.agent.uplink_helpers import drain
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -51,11 +51,7 @@ def _sync(tmp_path: Path, url: str) -> tuple[str, int, str | None]:
     with Store.open(tmp_path / "s.db", gateway_id="gw") as store:
         store.append([{"type": "reading", "ts": 1_790_000_000.0, "time_quality": "synced", "sensor_id": "p",
                        "quantity": "temperature", "value": 5.0, "unit": "Cel"}])
-        syncer = Syncer(store, UplinkConfig(url=url, read_timeout_s=5), "gw")
-        try:
-            st = syncer.sync_once()
-        finally:
-            syncer.close()
+        st = drain(store, UplinkConfig(url=url, read_timeout_s=5), "gw")
         return st.result, store.stats()["pending"], st.last_error
 
 
