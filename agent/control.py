@@ -128,9 +128,12 @@ class ControlClient:
         self.path = path
         self.timeout = timeout
 
-    def request(self, cmd: str, *, timeout: float | None = None, **args: Any) -> Any:
-        """Send one request; the agent's result, or raise (see the module docstring)."""
-        wait = self.timeout if timeout is None else timeout
+    def request(self, cmd: str, *, wait: float | None = None, **args: Any) -> Any:
+        """Send one request; the agent's result, or raise (see the module docstring).
+
+        ``wait`` overrides the client's timeout for this request (seconds).
+        """
+        wait = self.timeout if wait is None else wait
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(min(wait, 5.0))

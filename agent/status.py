@@ -102,9 +102,7 @@ def value_text(quantity: str, value: Any, u: str | None) -> str:
     shown = unit(u)
     if not shown:
         return _num(value)
-    sep = "" if shown in ("°C", "%", "°", "%RH") else " "
-    if shown == "%RH":
-        sep = " "
+    sep = "" if shown in ("%", "°") else " "  # 5.2 °C, 45 %RH, 3.1 V; but 80%, 50.11°
     return f"{_num(value)}{sep}{shown}"
 
 
@@ -130,6 +128,8 @@ def when(ts: Any) -> str:
 def age(seconds: float | None) -> str:
     if seconds is None:
         return "?"
+    if seconds < 0:  # a device's own clock ahead of ours
+        return f"{age(-seconds)} in the future (the device's clock is ahead)"
     s = int(seconds)
     if s < 120:
         return f"{s} s"
@@ -167,7 +167,8 @@ def render(data: dict[str, Any]) -> str:
                          + (f" (rssi {r['rssi']} dBm)" if r.get("rssi") is not None else "")
                          for q, r in sorted(s.get("readings", {}).items()))
         miss = " MISSING," if s.get("missing") else ""
-        ago = f" — {age(s['age_s'])} ago" if s.get("age_s") is not None else ""
+        a = s.get("age_s")
+        ago = "" if a is None else (f" — {age(a)} ago" if a >= 0 else f" — {age(a)}")
         lines.append(f"sensor {sid}:{miss} {vals or 'no reading yet'}{ago}")
     for a in data.get("alarms", []) or []:
         lines.append(f"ALARM {a.get('alarm_id')}: {a.get('severity')} {a.get('rule')} on {a.get('sensor_id')}, "

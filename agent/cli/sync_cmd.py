@@ -29,8 +29,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     try:
         released = None
         if args.retry_set_aside:
-            released = client.request("retry_set_aside", timeout=args.timeout)
-        state = client.request("sync", timeout=args.timeout + 5, **{"timeout": args.timeout})
+            released = client.request("retry_set_aside", wait=args.timeout)
+        state = client.request("sync", wait=args.timeout + 5, timeout=args.timeout)
         result = {"via": "the running agent", **state, "released": released}
     except AgentNotRunning:
         result = _in_process(cfg, args.retry_set_aside)

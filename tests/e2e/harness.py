@@ -20,7 +20,8 @@ from typing import Any
 
 import requests
 
-from agent.daemon import running_pid
+from agent.control import ControlClient
+from agent.exc import ControlError
 from agent.receiver import Receiver
 from agent.store import Store
 
@@ -121,6 +122,8 @@ gateway_id = "gw-e2e"
 [store]
 path = "store.db"
 commit_interval_s = 0.2
+[control]
+socket = "control.sock"
 [uplink]
 url = "{url}"
 token = "{token}"
@@ -152,6 +155,7 @@ class AgentProcess:
     def __init__(self, config: Path) -> None:
         self.config = config
         self.store_path = config.parent / "store.db"
+        self.socket = config.parent / "control.sock"
         self.log = config.parent / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -164,10 +168,20 @@ class AgentProcess:
         finally:
             logf.close()
         proc = self.proc
-        wait_until(lambda: running_pid(self.store_path) == proc.pid or proc.poll() is not None, 20, "the agent")
+        wait_until(lambda: self.pid() == proc.pid or proc.poll() is not None, 20, "the agent")
         assert proc.poll() is None, f"agent exited with {proc.returncode}: {self.log.read_text()[-2000:]}"
         wait_until(lambda: self.head() >= 1, 20, "the agent's store")
         return self
+
+    def pid(self) -> int | None:
+        """The pid of the agent answering on the control socket, or None."""
+        try:
+            return int(ControlClient(self.socket, timeout=2.0).request("ping")["pid"])
+        except ControlError:
+            return None
+
+    def request(self, cmd: str, **args: Any) -> Any:
+        return ControlClient(self.socket, timeout=30.0).request(cmd, **args)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
