@@ -68,6 +68,8 @@ _WORDS = {w: json.dumps(w) for w in ("reading", "alarm", "event", "synced", "uns
 #: the fields a plain reading may have to be written from a template, and the slots
 _TEMPLATE_KEYS = ("sensor_id", "quantity", "unit", "driver", "shipment", "calibration")
 _TEMPLATE_FIELDS = frozenset({*_TEMPLATE_KEYS, "value"})
+#: the keys of a reading item that can take the template path as it is (no copy of its fields)
+_FAST_READING_KEYS = frozenset({*_TEMPLATE_FIELDS, "type", "ts", "time_quality", "mono_ns", "boot_id"})
 _SLOTS = {"prev_hash": '"%s"', "seq": "%d", "ts": '"%s"', "value": "%s"}  # in sorted key order
 
 
@@ -365,10 +367,31 @@ class Store:
         stream_json = json.dumps(self.stream_id)
         rows = []
         latest: dict[tuple[str | None, str | None], tuple[int, float, float, str]] = {}
+        templates, fast_keys, big = self._templates, _FAST_READING_KEYS, 2**53
         for item in items:
             head_seq += 1
             rtype = item["type"]
             ts: Any = item.get("ts")
+            if rtype == "reading" and item.keys() <= fast_keys and type(ts) is float and 0.0 <= ts < 1e11:
+                # the hot path: a plain reading, its JCS text from the sensor's template
+                v = item["value"]
+                tv = type(v)
+                if (tv is float and not v.is_integer() and 1e-4 <= abs(v) < 1e16) or (tv is int and -big < v < big):
+                    tq = item["time_quality"]
+                    sensor, quantity, unit = item["sensor_id"], item["quantity"], item["unit"]
+                    key = (tq, sensor, quantity, unit, item.get("driver"), item.get("shipment"),
+                           item.get("calibration"))
+                    tmpl = templates.get(key)
+                    if tmpl is None:
+                        tmpl = self._template(key)
+                    if tmpl is not None:
+                        text = tmpl % (head_hash, head_seq, rfc3339(ts), repr(v) if tv is float else str(v))
+                        body = text.encode("utf-8")
+                        head_hash = record_hash(head_hash, body)
+                        rows.append((head_seq, "reading", ts, tq, sensor, quantity, text, head_hash,
+                                     item.get("mono_ns"), item.get("boot_id")))
+                        latest[(sensor, quantity)] = (head_seq, ts, v, unit)
+                        continue
             if not (type(ts) in (float, int) and 0.0 <= ts < 1e11):  # NaN fails too
                 log.error("a %s record has no usable time (%r); recording its loss instead", rtype, ts)
                 item = self.stamper.event("data_loss", {
@@ -416,6 +439,17 @@ class Store:
         for key, value in (state or {}).items():
             self.conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, json.dumps(value)))
         return [r[0] for r in rows]
+
+    def _template(self, key: tuple[Any, ...]) -> str | None:
+        """The ``%`` template of a plain reading with the fixed fields in ``key``."""
+        tq, *rest = key
+        fixed = {k: v for k, v in zip(_TEMPLATE_KEYS, rest, strict=True) if v is not None}
+        tmpl = template({**fixed, "type": "reading", "stream": self.stream_id, "time_quality": tq}, _SLOTS)
+        if tmpl is not None:
+            if len(self._templates) >= 4096:
+                self._templates.clear()
+            self._templates[key] = tmpl
+        return tmpl
 
     def _reading_body(self, fields: dict[str, Any], tq: str, prev_hash: str, seq: int, ts: float) -> bytes | None:
         """The canonical body of a plain reading from a template per sensor and quantity.

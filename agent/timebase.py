@@ -121,19 +121,28 @@ class Clock:
         return bool(answer) if answer is not None else TIMESYNCD_FLAG.exists()
 
 
-_last_second: tuple[int, str] = (-1, "")
+_last_day: tuple[int, str] = (-1, "")
+_HH_MM = [f"{m // 60:02d}:{m % 60:02d}:" for m in range(1440)]
+_SS = [f"{s:02d}." for s in range(60)]
+_MMM = [f"{ms:03d}Z" for ms in range(1000)]
 
 
 def rfc3339(ts: float) -> str:
-    """``2026-11-23T08:15:02.125Z``: UTC, milliseconds, ``Z`` (PROTOCOL.md)."""
-    global _last_second
-    ms = int(round(ts * 1000))
+    """``2026-11-23T08:15:02.125Z``: UTC, milliseconds, ``Z`` (docs/protocol.md).
+
+    On the store's hot path: the date is formatted once a day, the time of day by
+    arithmetic (UTC has no leap seconds in epoch time, so a day is 86,400 s).
+    """
+    global _last_day
+    ms = round(ts * 1000)
     sec, milli = divmod(ms, 1000)
-    cached = _last_second  # readings come in bursts of the same second: format it once
-    if cached[0] != sec:
+    day, rest = divmod(sec, 86400)
+    cached = _last_day
+    if cached[0] != day:
         # one tuple, swapped whole: safe when several threads format at once
-        cached = _last_second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return f"{cached[1]}.{milli:03d}Z"
+        cached = _last_day = (day, time.strftime("%Y-%m-%dT", time.gmtime(day * 86400)))
+    minute, s = divmod(rest, 60)
+    return cached[1] + _HH_MM[minute] + _SS[s] + _MMM[milli]
 
 
 def parse_rfc3339(text: str) -> float:
