@@ -256,7 +256,6 @@ class UplinkLoop:
         st.result = "ok" if sent else "idle"
         st.failures, st.next_retry_mono, st.last_error, st.last_status = 0, None, None, None
         st.last_success_at = time.time()
-        self._end_refusals()
         return st
 
     def _send(self, batch: Batch) -> None:
