@@ -147,7 +147,7 @@ def test_an_action_program_not_in_the_allow_list_is_refused_with_the_reason(tmp_
     allow.write_text(f"{prog}\n")
     action = f'[rules.action]\ncommand = ["{prog}", "--long"]\n'
     assert config.preflight(cfg(tmp_path, action), allow_list=allow, trusted_uid=os.getuid()) == []
-    other = f'[rules.action]\ncommand = ["/usr/bin/curl", "http://x"]\n'
+    other = '[rules.action]\ncommand = ["/usr/bin/curl", "http://x"]\n'
     found = paths(config.preflight(cfg(tmp_path, other), allow_list=allow, trusted_uid=os.getuid()))
     assert "/usr/bin/curl is not listed in" in found["rules.action.command"]
     missing = paths(config.preflight(cfg(tmp_path, action), allow_list=tmp_path / "none", trusted_uid=os.getuid()))
