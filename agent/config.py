@@ -7,47 +7,71 @@ reports every problem at once, each with its dotted path and, for an unknown key
 
 Driver options are validated by each driver's own ``Options`` model (drivers own their
 schema; the agent only knows them through :mod:`drivers.registry`).
+
+A config is a pushed, possibly hostile input. Every model is strict
+(:class:`drivers.fields.StrictModel`: no coercion, finite and bounded numbers, floors on
+loop periods); a file over :data:`MAX_CONFIG_BYTES` or nested deeper than
+:data:`MAX_DEPTH` is refused before it is validated; every failure of the loader is a
+:class:`ConfigError` with its problems, never a traceback; and no problem message
+carries a secret (:func:`mask_value`): the problems go into ``config check`` output,
+logs and ``config_rejected`` events sent upstream.
+
+What only the machine can tell (the token file's mode, the certificate files, the store
+path, the alarm action's allow-list) is checked by :func:`preflight`, which ``config
+check`` and ``coldgate run`` call after loading.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 import stat
 import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict, ValidationError, field_validator
 
 from agent.exc import ConfigError, ConfigProblem
 from agent.rules.config import RulesConfig
 from drivers import registry
 from drivers.exc import DriverUnavailable
+from drivers.fields import MAX_SECONDS, MIN_PERIOD_S, STRICT, StrictModel
 
 GATEWAY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: A config file larger than this is refused unread (a real one is a few KiB).
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Tables and arrays nested deeper than this are refused (a real config nests 7 deep).
+MAX_DEPTH = 16
+#: The largest quota: 1 TiB, in MiB.
+MAX_QUOTA_MB = 1024.0 * 1024
+
+#: A filesystem path: TOML has no path type, so a string is taken (strict mode would not).
+ConfigPath = Annotated[Path, Strict(False)]
 
 
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Model(StrictModel):
+    """Base of the agent's config models (see :mod:`drivers.fields`)."""
 
 
 class StoreConfig(Model):
-    path: Path = Field(default=Path("/var/lib/coldgate/store.db"), description="SQLite file of the record store")
+    path: ConfigPath = Field(default=Path("/var/lib/coldgate/store.db"), description="SQLite file of the record store")
     keep_acked: int = Field(
-        default=100_000, ge=0,
+        default=100_000, ge=0, le=1_000_000_000,
         description="acknowledged records kept locally for diagnostics; older ones (lower seq) are deleted",
     )
-    quota_mb: float = Field(default=512.0, gt=0, description="disk the store may use (database + WAL), MiB")
+    quota_mb: float = Field(
+        default=512.0, gt=0, le=MAX_QUOTA_MB, description="disk the store may use (database + WAL), MiB")
     reserve_pct: float = Field(
         default=5.0, ge=0, le=50,
         description="share of the quota kept for alarms and events once readings are refused",
     )
     commit_interval_s: float = Field(
-        default=0.1, ge=0.01, le=1.0,
+        default=0.1, ge=MIN_PERIOD_S, le=1.0,
         description="group commit: a reading is durable within this time of arrival (the crash window in seconds)",
     )
     commit_max: int = Field(
@@ -59,17 +83,18 @@ class StoreConfig(Model):
 class UplinkConfig(Model):
     url: str | None = Field(default=None, description="base URL of the central endpoint; none = buffer only")
     token: SecretStr | None = Field(default=None, description="bearer token (prefer token_file)")
-    token_file: Path | None = Field(default=None, description="file holding the bearer token; mode 0600 or 0400")
-    ca_bundle: Path | None = Field(default=None, description="CA bundle to verify the server (default: system CAs)")
-    client_cert: Path | None = Field(default=None, description="client certificate (PEM) for mutual TLS")
-    client_key: Path | None = Field(default=None, description="client key (PEM) for mutual TLS")
+    token_file: ConfigPath | None = Field(default=None, description="file holding the bearer token; mode 0600 or 0400")
+    ca_bundle: ConfigPath | None = Field(default=None, description="CA bundle to verify the server (default: system CAs)")
+    client_cert: ConfigPath | None = Field(default=None, description="client certificate (PEM) for mutual TLS")
+    client_key: ConfigPath | None = Field(default=None, description="client key (PEM) for mutual TLS")
     verify_tls: bool = Field(default=True, description="verify the server's certificate; never turn off in the field")
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    read_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    connect_timeout_s: float = Field(default=5.0, ge=MIN_PERIOD_S, le=120)
+    read_timeout_s: float = Field(default=30.0, ge=MIN_PERIOD_S, le=600)
     batch_size: int = Field(default=500, ge=1, le=50_000, description="records per request")
-    interval_s: float = Field(default=5.0, gt=0, le=3600, description="pause between syncs when nothing is pending")
-    backoff_base_s: float = Field(default=1.0, gt=0)
-    backoff_cap_s: float = Field(default=300.0, gt=0)
+    interval_s: float = Field(
+        default=5.0, ge=MIN_PERIOD_S, le=3600, description="pause between syncs when nothing is pending")
+    backoff_base_s: float = Field(default=1.0, ge=0.001, le=3600)
+    backoff_cap_s: float = Field(default=300.0, ge=MIN_PERIOD_S, le=86_400)
 
     @field_validator("url")
     @classmethod
@@ -93,15 +118,15 @@ class UplinkConfig(Model):
 
 
 class ControlConfig(Model):
-    socket: Path = Field(
+    socket: ConfigPath = Field(
         default=Path("/run/coldgate/control.sock"),
         description="Unix socket the CLI talks to the running agent on (systemd RuntimeDirectory=coldgate)",
     )
 
 
 class TimeConfig(Model):
-    sync_source: Literal["adjtimex", "timesyncd", "assume_synced", "assume_unsynced"] = Field(
-        default="adjtimex",
+    sync_source: Literal["auto", "adjtimex", "timesyncd", "assume_synced", "assume_unsynced"] = Field(
+        default="auto",
         description="how the agent learns that the system clock is synchronised (see README, Time)",
     )
 
@@ -116,24 +141,27 @@ class SensorConfig(Model):
     id: str = Field(min_length=1, description="the sensor id readings carry")
     label: str | None = None
     record_interval_s: float | None = Field(
-        default=None, gt=0, description="one reading per quantity per interval is stored (default: [recording])"
+        default=None, gt=0, le=MAX_SECONDS,
+        description="one reading per quantity per interval is stored (default: [recording])",
     )
     profile: str | None = Field(default=None, description="rule profile (a preset or one of [rules.profiles])")
     calibration: Calibration | None = None
     shipment: str | None = None
-    missing_after_s: float | None = Field(default=None, gt=0, description="status marks the sensor missing after")
+    missing_after_s: float | None = Field(
+        default=None, ge=MIN_PERIOD_S, le=MAX_SECONDS, description="status marks the sensor missing after")
 
 
 class RecordingConfig(Model):
     record_interval_s: float = Field(
-        default=60.0, ge=0, description="default interval between stored readings of a sensor quantity; 0 = every one"
+        default=60.0, ge=0, le=MAX_SECONDS,
+        description="default interval between stored readings of a sensor quantity; 0 = every one",
     )
 
 
-class DriverConfig(BaseModel):
+class DriverConfig(StrictModel):
     """One ``[[drivers]]`` table: ``name``, ``type`` and the driver's own options."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(**{**STRICT, "extra": "allow"})
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     type: str
@@ -173,17 +201,52 @@ class Config(Model):
         """The config as a plain dict with every secret masked (for ``config show``)."""
         data = self.model_dump(mode="json")
         data["uplink"]["url"] = self.uplink.masked_url()
-        if self.uplink.token is not None:
-            data["uplink"]["token"] = "***"
-        for d in data.get("drivers", []):
-            for key in list(d):
-                if any(word in key.lower() for word in ("key", "token", "password", "secret")):
-                    d[key] = _mask_tree(d[key])
-            for sensor in d.get("sensors", []) if isinstance(d.get("sensors"), list) else []:
-                for key in list(sensor) if isinstance(sensor, dict) else []:
-                    if any(word in key.lower() for word in ("key", "token", "password", "secret")):
-                        sensor[key] = _mask_tree(sensor[key])
-        return data
+        masked: dict[str, Any] = mask_data(data)
+        return masked
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+#: Key names whose values are secret, at any depth (``token``, a driver's ``bindkey``,
+#: ``password``, ``api_key`` …). Paths to secret files are not secrets themselves.
+_SECRET_WORDS = ("key", "token", "password", "passwd", "passphrase", "secret", "credential")
+_NOT_SECRET = frozenset({"client_key", "client_cert", "ca_bundle", "token_file"})
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s'\"]*@")
+MASK = "***"
+
+
+def is_secret_key(name: object) -> bool:
+    """Whether a config key holds a secret value (see :data:`_SECRET_WORDS`)."""
+    if not isinstance(name, str):
+        return False
+    low = name.lower()
+    if low in _NOT_SECRET or low.endswith(("_file", "_path")):
+        return False
+    return any(word in low for word in _SECRET_WORDS)
+
+
+def mask_text(text: str) -> str:
+    """``text`` with the credentials of any URL in it masked (``https://***@host``)."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+
+
+def mask_value(path: tuple[Any, ...] | list[Any], value: Any) -> Any:
+    """``value`` as it may be shown: masked if any key on ``path`` is secret, else with URL
+    credentials masked. Used for every value a problem message echoes."""
+    if any(is_secret_key(part) for part in path):
+        return _mask_tree(value)
+    return mask_data(value)
+
+
+def mask_data(value: Any) -> Any:
+    """A copy of a plain (JSON-like) tree with secret keys masked at any depth."""
+    if isinstance(value, dict):
+        return {k: (_mask_tree(v) if is_secret_key(k) else mask_data(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_data(v) for v in value]
+    if isinstance(value, str):
+        return mask_text(value)
+    return value
 
 
 def _mask_tree(v: Any) -> Any:
@@ -191,10 +254,29 @@ def _mask_tree(v: Any) -> Any:
         return None
     if isinstance(v, dict):
         return {k: _mask_tree(x) for k, x in v.items()}
-    return "***"
+    return MASK
 
 
 # -- loading ---------------------------------------------------------------------------
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A config file's text; :class:`ConfigError` if it cannot be read, is larger than
+    :data:`MAX_CONFIG_BYTES` or is not UTF-8."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(str(p), [ConfigProblem("", f"cannot read: {exc.strerror or exc}")]) from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(p), [_too_large()])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = ConfigProblem("", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}",
+                                "save the file as UTF-8")
+        raise ConfigError(str(p), [problem]) from None
 
 
 def load(path: str | os.PathLike[str], *, base_dir: Path | None = None) -> Config:
@@ -204,21 +286,38 @@ def load(path: str | os.PathLike[str], *, base_dir: Path | None = None) -> Confi
     file checked before it replaces the live one resolves as the live one would).
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(p), [ConfigProblem("", f"cannot read: {exc.strerror or exc}")]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(p), [ConfigProblem("", f"not UTF-8 text: {exc}")]) from exc
-    return loads(text, source=str(p), base_dir=base_dir or p.parent)
+    return loads(read_text(p), source=str(p), base_dir=base_dir or p.parent)
 
 
 def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
-    """Validate config text; relative paths in it are taken from ``base_dir``."""
+    """Validate config text; relative paths in it are taken from ``base_dir``.
+
+    Never raises anything but :class:`ConfigError`: whatever the text holds (a huge file,
+    deep nesting, values no model expects), the caller gets a list of problems.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, [_too_large()])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [ConfigProblem("", f"not valid TOML: {exc}")]) from exc
+        raise ConfigError(source, [ConfigProblem("", f"not valid TOML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [_too_deep(None)]) from None
+    depth = _depth(data)
+    if depth > MAX_DEPTH:
+        raise ConfigError(source, [_too_deep(depth)])
+    try:
+        problems, config = _validate(data)
+    except (RecursionError, ArithmeticError, ValueError, TypeError) as exc:
+        # a validator met something no rule foresaw: still a report, never a traceback
+        raise ConfigError(source, [ConfigProblem("", f"cannot be validated ({type(exc).__name__})")]) from None
+    if problems:
+        raise ConfigError(source, problems)
+    assert config is not None
+    return _resolve_paths(config, base_dir) if base_dir is not None else config
+
+
+def _validate(data: dict[str, Any]) -> tuple[list[ConfigProblem], Config | None]:
     problems: list[ConfigProblem] = []
     config: Config | None = None
     try:
@@ -229,10 +328,30 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
     if isinstance(raw_drivers, list):
         problems += _check_drivers(raw_drivers)
     problems += _cross_check(data)
-    if problems:
-        raise ConfigError(source, problems)
-    assert config is not None
-    return _resolve_paths(config, base_dir) if base_dir is not None else config
+    return problems, config
+
+
+def _too_large() -> ConfigProblem:
+    return ConfigProblem("", f"file larger than {MAX_CONFIG_BYTES // 1024} KiB; a config is a few KiB")
+
+
+def _too_deep(depth: int | None) -> ConfigProblem:
+    got = f"{depth} levels deep" if depth is not None else "too deeply to parse"
+    return ConfigProblem("", f"tables and arrays nested {got}; the limit is {MAX_DEPTH}")
+
+
+def _depth(data: Any) -> int:
+    """How deep dicts and lists nest in ``data`` (iterative: no recursion on hostile input)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def _check_drivers(raw: list[Any]) -> list[ConfigProblem]:
@@ -309,6 +428,14 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(update={"store": store, "uplink": uplink, "control": control})
 
 
+def preflight(config: Config, **kwargs: Any) -> list[ConfigProblem]:
+    """What ``config`` asks of this machine that it lacks (token file, certificates, store
+    path, the alarm action's allow-list): see :mod:`agent.preflight`. Empty when all is well."""
+    from agent.preflight import preflight as check
+
+    return check(config, **kwargs)
+
+
 def check_secret_file(path: Path, what: str) -> str:
     """Read a secret from ``path``; refuse it if group or others may read it."""
     try:
@@ -349,8 +476,8 @@ def _problems_from(exc: ValidationError, model: type[BaseModel], prefix: tuple[A
         else:
             got = err.get("input")
             if not isinstance(got, (dict, list)):
-                message = f"{message} (got {got!r})"
-        problems.append(ConfigProblem(path, message, hint))
+                message = f"{message} (got {mask_value(loc, got)!r})"
+        problems.append(ConfigProblem(path, mask_text(message), hint))
     return problems
 
 

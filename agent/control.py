@@ -54,18 +54,25 @@ class ControlServer:
     async def start(self) -> None:
         """Bind the socket; refuse when another agent answers on it; replace a stale one."""
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            if await asyncio.to_thread(_answers, path):
-                raise ColdgateError(f"another coldgate already runs: it answers on {path}")
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # left by an agent that was killed
-        old_umask = os.umask(0o117)  # the socket is created 0660 at once, never wider
+        if len(os.fsencode(path)) > 107:
+            raise ColdgateError(f"control socket path too long for a Unix socket (max 107 bytes): {path}")
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_REQUEST)
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, self.mode)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() or path.is_symlink():
+                if await asyncio.to_thread(_answers, path):
+                    raise ColdgateError(f"another coldgate already runs: it answers on {path}")
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # left by an agent that was killed
+            old_umask = os.umask(0o117)  # the socket is created 0660 at once, never wider
+            try:
+                self._server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_REQUEST)
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, self.mode)
+        except OSError as exc:
+            raise ColdgateError(f"cannot create the control socket {path}: {exc.strerror or exc} "
+                                "(under systemd it lives in RuntimeDirectory=coldgate; else set [control] socket)"
+                                ) from exc
 
     async def close(self) -> None:
         if self._server is not None:

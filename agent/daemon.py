@@ -381,6 +381,10 @@ class Agent:
         except ConfigError as exc:
             log.error("config %s rejected, keeping the running one:\n%s", path, exc.report())
             return self._reject(path, [str(p) for p in exc.problems])
+        missing = await asyncio.to_thread(configmod.preflight, new)
+        if missing:  # what this machine lacks for it (token file, certificates, …): said now
+            log.error("config %s rejected: %s", path, "; ".join(str(p) for p in missing))
+            return self._reject(path, [str(p) for p in missing])
         old = self.config
         fixed = [k for k, a, b in (("gateway_id", new.gateway_id, old.gateway_id),
                                    ("store.path", new.store.path, old.store.path),

@@ -5,18 +5,27 @@ wall clock starts from the last saved time and is wrong. Every record therefore 
 ``time_quality`` and the store keeps, beside the wall time, the monotonic time
 (``CLOCK_BOOTTIME``, which also counts suspend) and the kernel's boot id.
 
-How synchronisation is detected (``[time] sync_source``):
+How synchronisation is detected (``[time] sync_source``, see :func:`probe_synced`):
 
-``adjtimex`` (default)
+``auto`` (default)
+    the kernel's flag through ``adjtimex`` where the process may ask; where it may not
+    (the shipped unit sets ``ProtectClock=yes``, whose seccomp filter fails every
+    ``@clock`` call with EPERM), the systemd-timesyncd flag. The fallback is logged once.
+``adjtimex``
     the kernel's own flag. ``adjtimex(2)`` returns ``TIME_ERROR`` (5) while the clock is
     unsynchronised (``STA_UNSYNC`` set); chrony, ntpd and systemd-timesyncd all clear it
     once they discipline the clock. This is what ``timedatectl``'s "System clock
-    synchronized" reads.
+    synchronized" reads. Refused by a seccomp filter, it falls back like ``auto``.
 ``timesyncd``
-    the file ``/run/systemd/timesync/synchronized``, which systemd-timesyncd creates
-    at its first successful sync (for systems where the flag is not kept).
+    the file ``/run/systemd/timesync/synchronized``, which systemd-timesyncd (the NTP
+    client of Raspberry Pi OS and Debian) creates at its first successful sync. Needs no
+    system call a hardened unit filters.
 ``assume_synced`` / ``assume_unsynced``
     fixed answers, for benches and tests.
+
+A probe never raises and never kills the process: a filtered call fails with EPERM
+(the unit sets ``SystemCallErrorNumber=EPERM``; without it the kernel sends SIGSYS and
+the agent dies before its first log line, as 0.1.0 did).
 
 When the clock becomes synchronised, records stamped earlier in the same boot are
 corrected from the monotonic clock: see :mod:`agent.daemon` (``clock_step``).
@@ -25,12 +34,16 @@ corrected from the monotonic clock: see :mod:`agent.daemon` (``clock_step``).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import errno
+import functools
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 _TIME_ERROR = 5
@@ -65,17 +78,89 @@ class _Timex(ctypes.Structure):
     ]
 
 
-def adjtimex_synced() -> bool | None:
-    """The kernel's view: True synced, False unsynced, None when it cannot be asked."""
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, loaded once. ``CDLL(None)`` is the process's own symbol table, which
+    holds libc's ``adjtimex``: no ``ctypes.util.find_library``, which runs
+    ``/sbin/ldconfig -p`` in a child process on every call (0.1.0 did that every 2 s)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        tx = _Timex()
-        state = libc.adjtimex(ctypes.byref(tx))
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
         return None
+
+
+def adjtimex_synced() -> bool | None:
+    """The kernel's view: True synced, False unsynced, None when it cannot be asked.
+
+    ``modes = 0`` only reads, which needs no privilege; a seccomp filter may still refuse
+    the call (EPERM, or ENOSYS), and then the answer is None, not a dead process.
+    """
+    libc = _libc()
+    fn = getattr(libc, "adjtimex", None) if libc is not None else None
+    if fn is None:
+        _note_once("adjtimex-missing", "adjtimex is not available in this C library")
+        return None
+    tx = _Timex()
+    state = fn(ctypes.byref(tx))
     if state < 0:
+        err = ctypes.get_errno()
+        _note_once(f"adjtimex-{err}", f"adjtimex refused: {errno.errorcode.get(err, err)} "
+                                       "(a seccomp filter such as the unit's ProtectClock=yes)")
         return None
-    return state != _TIME_ERROR
+    return bool(state != _TIME_ERROR)
+
+
+def timesyncd_synced(flag: Path | None = None) -> bool | None:
+    """systemd-timesyncd's view: True once it has synchronised the clock, False while it
+    runs and has not, None when it does not run here (its runtime directory, which it
+    holds while it runs, is absent). ``flag`` defaults to :data:`TIMESYNCD_FLAG`."""
+    flag = flag if flag is not None else TIMESYNCD_FLAG
+    try:
+        if flag.exists():
+            return True
+        return False if flag.parent.is_dir() else None
+    except OSError:
+        return None
+
+
+def probe_synced(source: str) -> bool:
+    """Whether the system clock is synchronised, by ``[time] sync_source``. Never raises.
+
+    ``auto`` and ``adjtimex`` ask the kernel and fall back to the timesyncd flag when the
+    kernel may not be asked; with no source at all the answer is False (records are
+    marked ``unsynced``, the conservative reading) and a warning says so once.
+    """
+    if source == "assume_synced":
+        return True
+    if source == "assume_unsynced":
+        return False
+    if source in ("auto", "adjtimex"):
+        answer = adjtimex_synced()
+        if answer is not None:
+            return answer
+        _note_once("fallback", "clock sync: the kernel flag cannot be read here; using the "
+                               f"systemd-timesyncd flag {TIMESYNCD_FLAG}")
+    elif source != "timesyncd":
+        _note_once(f"unknown-{source}", f"unknown clock sync source {source!r}; using the timesyncd flag")
+    flag = timesyncd_synced()
+    if flag is None:
+        why = "systemd-timesyncd is not running" if source == "timesyncd" else (
+            "the kernel flag cannot be read and systemd-timesyncd is not running")
+        _note_once(f"no-source-{source}", f"clock sync: no source answers ({why}); records are marked "
+                                          "unsynced. Set [time] sync_source (see README, Time)",
+                   level=logging.WARNING)
+        return False
+    return flag
+
+
+_noted: set[str] = set()
+
+
+def _note_once(key: str, message: str, level: int = logging.INFO) -> None:
+    """Log ``message`` the first time ``key`` comes up: a probe runs every 2 s."""
+    if key not in _noted:
+        _noted.add(key)
+        log.log(level, "%s", message)
 
 
 def boot_id() -> str:
@@ -101,7 +186,7 @@ def boottime_ns() -> int:
 class Clock:
     """The agent's clock. Tests pass their own ``sync_source`` or freeze the wall clock."""
 
-    sync_source: str = "adjtimex"
+    sync_source: str = "auto"
 
     def now(self) -> float:
         return time.time()
@@ -110,15 +195,7 @@ class Clock:
         return boottime_ns()
 
     def synced(self) -> bool:
-        src = self.sync_source
-        if src == "assume_synced":
-            return True
-        if src == "assume_unsynced":
-            return False
-        if src == "timesyncd":
-            return TIMESYNCD_FLAG.exists()
-        answer = adjtimex_synced()
-        return bool(answer) if answer is not None else TIMESYNCD_FLAG.exists()
+        return probe_synced(self.sync_source)
 
 
 _last_day: tuple[int, str] = (-1, "")

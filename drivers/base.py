@@ -28,9 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-
 from drivers.exc import DecodeError, DriverError, DriverIOError, DriverUnavailable
+from drivers.fields import StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +78,9 @@ class Sink(Protocol):
     # SIGKILL). Call it after delivering the readings the state admitted.
 
 
-class Options(BaseModel):
-    """Base of every driver's options model: unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Options(StrictModel):
+    """Base of every driver's options model: unknown keys are refused, nothing is coerced,
+    every number is finite and bounded (:mod:`drivers.fields`)."""
 
 
 _Options = Options  # inside Driver, ``Options`` names the class variable

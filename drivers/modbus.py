@@ -39,6 +39,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from drivers.base import Driver, Options, Reading
 from drivers.checksums import ChecksumError, crc16_modbus
 from drivers.exc import DecodeError, DriverIOError
+from drivers.fields import MAX_SECONDS, MIN_PERIOD_S
 from drivers.serialport import SerialOptions, open_port
 
 #: Exception codes worth an immediate retry (5 acknowledge, 6 device busy).
@@ -105,8 +106,9 @@ class Slave(Options):
 class ModbusOptions(SerialOptions):
     """Options of a ``modbus`` driver: one RS-485 bus."""
 
-    interval_s: float = Field(default=10.0, gt=0, description="seconds between polls of every slave")
-    timeout_s: float = Field(default=0.5, gt=0, le=10, description="wait for one answer")
+    interval_s: float = Field(
+        default=10.0, ge=MIN_PERIOD_S, le=MAX_SECONDS, description="seconds between polls of every slave")
+    timeout_s: float = Field(default=0.5, ge=MIN_PERIOD_S, le=10, description="wait for one answer")
     retries: int = Field(default=2, ge=0, le=5, description="retries of a failed request")
     not_answering_after: int = Field(default=3, ge=1, description="failed polls in a row before a slave is reported")
     slaves: list[Slave] = Field(min_length=1)

@@ -43,6 +43,7 @@ from pydantic import Field
 from drivers.base import Reading
 from drivers.checksums import ChecksumError, nmea_xor
 from drivers.exc import DecodeError
+from drivers.fields import MAX_SECONDS
 from drivers.serialport import LineDriver, SerialOptions
 
 KNOT_MPS = 0.514444
@@ -53,7 +54,12 @@ FIX_QUALITIES = frozenset({1, 2, 3, 4, 5})
 #: RMC/VTG mode indicators that mean "not a real fix".
 BAD_MODES = frozenset({"N", "E", "M", "S"})
 
-_FRAME = re.compile(r"^\$(?P<body>[A-Z0-9]{2,}[^*]*?)(?:\*(?P<cs>[0-9A-Fa-f]{2}))?\s*$")
+#: Longest line the parser looks at. NMEA 0183 allows 82 characters; some receivers send
+#: longer proprietary sentences. The serial reader drops longer lines before they get here
+#: (``max_line``, at most this); :func:`parse_sentence` refuses them too.
+MAX_SENTENCE = 1024
+_HEX = frozenset("0123456789ABCDEFabcdef")
+_ADDRESS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _DM = re.compile(r"^(\d{1,3})(\d{2}(?:\.\d+)?)$")
 
 
@@ -82,11 +88,14 @@ class Sentence:
 def parse_sentence(
     line: str, *, talkers: Iterable[str] = DEFAULT_TALKERS, require_checksum: bool = True
 ) -> Sentence | None:
-    """Parse one NMEA line (see the module docstring). Never raises anything but DecodeError."""
-    m = _FRAME.match(line.strip())
-    if m is None:
-        raise DecodeError(f"not an NMEA sentence: {line[:40]!r}")
-    body, cs = m.group("body"), m.group("cs")
+    """Parse one NMEA line (see the module docstring). Never raises anything but DecodeError.
+
+    Linear in the line's length: the frame is cut with ``str`` methods, not a regex (the
+    regex of 0.1.0 backtracked quadratically on whitespace: 6-10 s for a 32 KiB line, under
+    the GIL), and pynmea2 only ever sees a frame already checked, whose own regex then
+    matches without backtracking.
+    """
+    body, cs = _frame(line)
     head = body.split(",", 1)[0]
     if head.startswith("P"):  # proprietary ($PMTK…, $PSTM…, $POLYN… - the last has no checksum)
         return None
@@ -146,6 +155,18 @@ def parse_sentence(
         )
     except (ValueError, TypeError) as exc:
         raise DecodeError(f"{head}: {exc}") from exc
+
+
+def _frame(line: str) -> tuple[str, str | None]:
+    """``$BODY[*HH]`` -> (BODY, HH or None); DecodeError for anything else. Linear."""
+    if len(line) > MAX_SENTENCE:
+        raise DecodeError(f"line of {len(line)} characters; NMEA 0183 sentences have at most 82")
+    s = line.strip()
+    body, star, cs = s[1:].partition("*")
+    if not s.startswith("$") or len(body) < 2 or body[0] not in _ADDRESS or body[1] not in _ADDRESS or (
+            star and (len(cs) != 2 or cs[0] not in _HEX or cs[1] not in _HEX)):
+        raise DecodeError(f"not an NMEA sentence: {line[:40]!r}")
+    return body, (cs if star else None)
 
 
 class _Fields:
@@ -364,12 +385,15 @@ class NmeaOptions(SerialOptions):
     """Options of an ``nmea`` driver."""
 
     sensor_id: str = Field(default="gps", min_length=1, description="sensor id the readings carry")
-    interval_s: float = Field(default=60.0, ge=0, description="seconds between recorded positions; 0 = every epoch")
+    interval_s: float = Field(
+        default=60.0, ge=0, le=MAX_SECONDS, description="seconds between recorded positions; 0 = every epoch")
     talkers: list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] = Field(
         default=list(DEFAULT_TALKERS), min_length=1, description="talker ids whose sentences are used"
     )
     require_checksum: bool = Field(default=True, description="refuse GGA/RMC/GSA/VTG that carry no checksum")
-    max_line: int = Field(default=1024, ge=82, le=65536, description="longer lines are counted and dropped")
+    max_line: int = Field(
+        default=512, ge=82, le=MAX_SENTENCE,
+        description="longer lines are counted and dropped (NMEA 0183: 82; slack for proprietary sentences)")
 
 
 class NmeaDriver(LineDriver):

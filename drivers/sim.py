@@ -32,21 +32,22 @@ from pydantic import Field
 
 from drivers.base import Driver, Options, Reading
 from drivers.exc import DriverIOError
+from drivers.fields import MAX_SECONDS, MIN_PERIOD_S
 
 
 class Excursion(Options):
     """A scheduled departure from the setpoint, in simulated seconds from start."""
 
-    at_s: float = Field(ge=0, description="when the excursion begins")
-    duration_s: float = Field(gt=0, description="how long the value holds at `to`")
+    at_s: float = Field(ge=0, le=MAX_SECONDS, description="when the excursion begins")
+    duration_s: float = Field(gt=0, le=MAX_SECONDS, description="how long the value holds at `to`")
     to: float = Field(description="the value held during the excursion")
-    ramp_s: float = Field(default=60.0, ge=0, description="time to ramp to `to` and back")
+    ramp_s: float = Field(default=60.0, ge=0, le=MAX_SECONDS, description="time to ramp to `to` and back")
 
 
 class SimSensor(Options):
     id: str = Field(min_length=1, description="sensor id the readings carry")
     kind: Literal["probe", "gps", "motion"] = "probe"
-    interval_s: float = Field(default=10.0, gt=0, description="seconds between samples")
+    interval_s: float = Field(default=10.0, ge=MIN_PERIOD_S, le=MAX_SECONDS, description="seconds between samples")
     setpoint: float = Field(default=5.0, description="probe: temperature in Cel")
     noise: float = Field(default=0.05, ge=0, description="probe: std dev of the noise in Cel")
     humidity: float | None = Field(default=45.0, description="probe: %RH, or none for no humidity")
@@ -64,7 +65,7 @@ class SimSensor(Options):
 
 class SimOptions(Options):
     seed: int = 0
-    speed: float = Field(default=1.0, ge=0, description="1 = real time, >1 accelerated, 0 = flat out")
+    speed: float = Field(default=1.0, ge=0, le=1e6, description="1 = real time, >1 accelerated, 0 = flat out")
     start: datetime | None = Field(default=None, description="simulated start (accelerated runs)")
     sensors: list[SimSensor] = Field(min_length=1)
     limit: int | None = Field(default=None, ge=1, description="stop producing after this many readings")

@@ -18,8 +18,13 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("config", help="validate, show and apply config files")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
 
-    check = csub.add_parser("check", help="validate a config file: exit 0, or 1 with every problem listed")
+    check = csub.add_parser(
+        "check", help="validate a config file and what it needs of this machine: exit 0, or 1 with every problem")
     check.add_argument("file", help="the config file to check")
+    check.add_argument(
+        "--schema-only", action="store_true",
+        help="check the file alone, not this machine's files (token, certificates, store path, action "
+             "allow-list): for a config meant for another gateway")
     add_json_arg(check)
     check.set_defaults(func=cmd_check)
 
@@ -42,19 +47,25 @@ def register(sub: Any) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """The file first (schema), then, unless ``--schema-only``, what it needs of this machine
+    (:func:`agent.config.preflight`): what ``coldgate run`` would refuse, said before."""
     from agent import config
     from agent.exc import ConfigError
 
     try:
         cfg = config.load(Path(args.file))
+        problems = [] if args.schema_only else config.preflight(cfg)
+        if problems:
+            raise ConfigError(args.file, problems)
     except ConfigError as exc:
         report = exc.report()
         emit(args, {"valid": False, "file": args.file, "problems": [p.__dict__ for p in exc.problems]},
              lambda _: report)
         return 1
-    emit(args, {"valid": True, "file": args.file, "gateway_id": cfg.gateway_id},
+    scope = "the file alone" if args.schema_only else "the file and this machine"
+    emit(args, {"valid": True, "file": args.file, "gateway_id": cfg.gateway_id, "checked": scope},
          lambda d: f"{d['file']}: valid (gateway {d['gateway_id']}, {len(cfg.drivers)} driver(s), "
-                   f"{len(cfg.sensors)} sensor(s))")
+                   f"{len(cfg.sensors)} sensor(s); checked {scope})")
     return 0
 
 
@@ -88,6 +99,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     new, live = Path(args.file), Path(args.config)
     try:
         cfg = config.load(new, base_dir=live.parent)
+        problems = config.preflight(cfg)
+        if problems:
+            raise ConfigError(str(new), problems)
     except ConfigError as exc:
         report = exc.report() + f"\n{live} left unchanged."
         emit(args, {"applied": False, "problems": [p.__dict__ for p in exc.problems]}, lambda _: report)

@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.config)
     try:
         cfg = config.load(path)
+        if problems := config.preflight(cfg):  # what the machine lacks: said now, not at every retry
+            raise ConfigError(str(path), problems)
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EX_CONFIG

@@ -27,15 +27,18 @@ from __future__ import annotations
 import copy
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from drivers.fields import MAX_SECONDS, MIN_PERIOD_S, StrictModel
 
 Severity = Literal["warning", "alarm"]
 AlarmState = Literal["raised", "cleared", "acknowledged"]
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Strict like every config model (:mod:`drivers.fields`): a ``limit = nan`` could never
+    fire, a ``delay_s = "600"`` was silently a number."""
 
 
 class _Rule(_Model):
@@ -52,7 +55,7 @@ class _Rule(_Model):
 
 
 class _Timed(_Rule):
-    delay_s: float = Field(default=0.0, ge=0, description="the condition must hold this long before raising, s")
+    delay_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS, description="the condition must hold this long before raising, s")
     hysteresis: float = Field(
         default=0.0, ge=0, description="clears only once the value is this far back inside the limit (no flapping)"
     )
@@ -95,7 +98,7 @@ class ShockRule(_Rule):
 
     type: Literal["shock"]
     limit: float = Field(gt=0, description="peak acceleration, m/s2")
-    hold_s: float = Field(default=60.0, ge=0, description="the alarm clears this long after the last peak")
+    hold_s: float = Field(default=60.0, ge=0, le=MAX_SECONDS, description="the alarm clears this long after the last peak")
 
 
 class LightRule(_Timed):
@@ -136,8 +139,9 @@ class BudgetRule(_Rule):
     quantity: str = "temperature"
     above: float | None = Field(default=None, description="out of range at or above this")
     below: float | None = Field(default=None, description="out of range at or below this")
-    budget_s: float = Field(gt=0, description="allowed time out of range, s")
-    window_s: float | None = Field(default=None, gt=0, description="rolling window, s; unset = the whole trip")
+    budget_s: float = Field(gt=0, le=MAX_SECONDS, description="allowed time out of range, s")
+    window_s: float | None = Field(
+        default=None, gt=0, le=MAX_SECONDS, description="rolling window, s; unset = the whole trip")
 
     @model_validator(mode="after")
     def _bounds(self) -> BudgetRule:
@@ -159,20 +163,21 @@ class MktRule(_Rule):
     type: Literal["mkt"]
     quantity: str = "temperature"
     limit: float = Field(description="Cel; MKT at or above this raises")
-    window_s: float | None = Field(default=None, gt=0, description="rolling window, s; unset = the whole trip")
-    max_gap_s: float = Field(default=3600.0, gt=0, description="longest interval a reading is weighted for, s")
-    min_span_s: float = Field(default=0.0, ge=0, description="weighted time needed before the rule judges, s")
+    window_s: float | None = Field(
+        default=None, gt=0, le=MAX_SECONDS, description="rolling window, s; unset = the whole trip")
+    max_gap_s: float = Field(default=3600.0, gt=0, le=MAX_SECONDS, description="longest interval a reading is weighted for, s")
+    min_span_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS, description="weighted time needed before the rule judges, s")
     hysteresis: float = Field(default=0.0, ge=0, description="Cel below the limit at which it clears")
 
 
 class _Trend(_Rule):
     quantity: str = "temperature"
     tau_s: float = Field(
-        default=300.0, gt=0, description="time constant of the exponentially weighted trend fit, s"
+        default=300.0, ge=1.0, le=MAX_SECONDS, description="time constant of the exponentially weighted trend fit, s"
     )
     min_samples: int = Field(default=3, ge=2, description="samples needed before a trend is trusted")
     min_span_s: float | None = Field(
-        default=None, ge=0,
+        default=None, ge=0, le=MAX_SECONDS,
         description="seconds of data needed before a trend is trusted (default: tau_s); a slope fitted over a "
                     "few seconds of noise is not a trend")
 
@@ -192,7 +197,7 @@ class TimeToBreachRule(_Trend):
     severity: Severity = "warning"
     op: Literal["above", "below"] = Field(description="the limit is an upper (above) or lower (below) one")
     limit: float
-    horizon_s: float = Field(gt=0, description="how far ahead the trend is projected, s")
+    horizon_s: float = Field(gt=0, le=MAX_SECONDS, description="how far ahead the trend is projected, s")
     hysteresis: float = Field(default=0.0, ge=0, description="clears only this far inside the limit")
 
 
@@ -205,7 +210,7 @@ class MissingRule(_Rule):
     """Data missing: no sample (of ``quantity``, or of any) for ``timeout_s``."""
 
     type: Literal["missing"]
-    timeout_s: float = Field(gt=0, description="silence longer than this raises, s")
+    timeout_s: float = Field(ge=MIN_PERIOD_S, le=MAX_SECONDS, description="silence longer than this raises, s")
     quantity: str | None = Field(default=None, description="watch this quantity only; unset = any")
 
 
@@ -221,7 +226,7 @@ class Profile(_Model):
 
     description: str = ""
     extends: str | None = Field(default=None, description="preset or profile this one changes")
-    mkt_max_gap_s: float = Field(default=3600.0, gt=0, description="gap cap of the reported trip MKT, s")
+    mkt_max_gap_s: float = Field(default=3600.0, gt=0, le=MAX_SECONDS, description="gap cap of the reported trip MKT, s")
     rules: dict[Annotated[str, Field(pattern=RULE_NAME)], Rule] = Field(default_factory=dict)
 
     def active_rules(self) -> dict[str, Any]:
@@ -233,16 +238,38 @@ def _on_raised() -> list[AlarmState]:
 
 
 class ActionConfig(_Model):
-    """``[rules.action]``: a local command run with each alarm change as JSON on stdin."""
+    """``[rules.action]``: a local program run with each alarm change as JSON on stdin.
 
-    command: list[str] | str | None = Field(
-        default=None, description="argv list, or a string run by /bin/sh; unset = no action"
+    The command is an argv list, run without a shell; its program (the first item) must
+    be an absolute path that the gateway's administrator listed in the root-owned
+    allow-list ``/etc/coldgate/actions.allow`` (:mod:`agent.rules.actions`). A pushed
+    config can choose among those programs and their arguments, never add one.
+    """
+
+    command: list[str] | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="argv list; the first item an absolute path listed in /etc/coldgate/actions.allow; "
+                    "unset = no action",
     )
-    timeout_s: float = Field(default=10.0, gt=0, le=600, description="the command is killed after this, s")
+    timeout_s: float = Field(default=10.0, ge=0.1, le=600, description="the command is killed after this, s")
     on: list[AlarmState] = Field(
         default_factory=_on_raised, description="alarm states that run the command"
     )
     min_severity: Severity = Field(default="warning", description="alarm = run for alarms only")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            raise ValueError(
+                "a command line is not run through a shell: give an argv list whose first item is an "
+                'absolute path listed in /etc/coldgate/actions.allow, e.g. ["/usr/bin/logger", "-t", "coldgate"]')
+        if isinstance(v, list) and v and isinstance(v[0], str) and not v[0].startswith("/"):
+            raise ValueError(f"the program must be an absolute path (got {v[0][:80]!r}), "
+                             "as listed in /etc/coldgate/actions.allow")
+        if isinstance(v, list) and any(isinstance(a, str) and ("\0" in a or len(a) > 4096) for a in v):
+            raise ValueError("an argument holds a NUL byte or is longer than 4096 characters")
+        return v
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from drivers.base import Driver, Options, Reading, Sink
 from drivers.ble.common import NoKey, WrongKey, normalize_mac
 from drivers.ble.formats import decode_advertisement
 from drivers.exc import DecodeError, DriverIOError
+from drivers.fields import MAX_SECONDS, MIN_PERIOD_S
 
 
 class BleSensor(Options):
@@ -74,10 +75,12 @@ class BleOptions(Options):
     )
     sensors: list[BleSensor] = Field(min_length=1)
     silence_timeout_s: float = Field(
-        default=120.0, gt=0, description="watchdog: restart the scan after this long without any advertisement"
+        default=120.0, ge=0.1, le=MAX_SECONDS,
+        description="watchdog: restart the scan after this long without any advertisement",
     )
-    missing_after_s: float = Field(default=300.0, gt=0, description="mark a sensor missing after this long unheard")
-    queue_size: int = Field(default=10_000, ge=1, description="decoded advertisements held for the agent")
+    missing_after_s: float = Field(
+        default=300.0, ge=MIN_PERIOD_S, le=MAX_SECONDS, description="mark a sensor missing after this long unheard")
+    queue_size: int = Field(default=10_000, ge=1, le=10_000_000, description="decoded advertisements held for the agent")
     backend: Literal["bleak", "fake"] = Field(
         default="bleak", description="bleak = the system radio; fake = the in-process fake radio (benches, tests)"
     )

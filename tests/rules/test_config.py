@@ -89,7 +89,7 @@ def test_unknown_keys_and_bounds_are_refused():
         RulesConfig(profiles={"x": {"rules": {"r": {"type": "budget", "above": 8, "budget_s": 600,
                                                     "window_s": 60}}}})
     with pytest.raises(ValidationError):
-        RulesConfig(action={"command": ["true"], "timeout_s": 0})
+        RulesConfig(action={"command": ["/bin/true"], "timeout_s": 0})
 
 
 def test_sensor_with_an_unknown_profile_gets_a_did_you_mean():
@@ -103,4 +103,4 @@ def test_the_documented_example_config_loads_and_uses_its_profiles():
     assert cfg.rules.profile("vaccines").extends == "2-8C"
     assert cfg.rules.profile("vaccines").rules["time_out_of_range"].window_s == 86400.0
     assert {s.profile for s in cfg.sensors} == {"vaccines", "handling"}
-    assert cfg.rules.action.command == ["logger", "-t", "coldgate-alarm"]
+    assert cfg.rules.action.command == ["/usr/bin/logger", "-t", "coldgate-alarm"]
