@@ -17,6 +17,7 @@ import stat
 import tomllib
 import types
 import typing
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -98,6 +99,8 @@ class Calibration(Model):
     offset: float = Field(default=0.0, description="added after scaling: value = raw * slope + offset")
     slope: float = 1.0
     certificate: str | None = Field(default=None, description="calibration certificate id, sent with each reading")
+    due: date | None = Field(default=None, description="calibration due date (YYYY-MM-DD); the trip report flags "
+                                                      "a sensor used past it")
 
 
 class SensorConfig(Model):

@@ -11,6 +11,8 @@ not import ``agent``; :mod:`agent.exc` re-exports it and adds the agent's own ph
     ├── ConfigError                agent.exc: a config file is invalid (carries every problem)
     ├── StoreError                 agent.exc: the local store
     │   └── StoreFull              the disk quota or the disk itself is full
+    ├── ShipmentError              agent.exc: a shipment command (carries ``shipment``)
+    │   └── SensorBusy             a sensor already belongs to another active shipment
     └── SyncError                  agent.exc: the uplink (carries ``status``, ``retry_after``)
         ├── SyncRejected           400/422: the batch is malformed for this server
         ├── AuthRefused            401/403: credentials refused
