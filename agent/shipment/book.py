@@ -452,7 +452,8 @@ class ShipmentBook:
             if self._sensors.get(sid) == sh.id:
                 del self._sensors[sid]
         final = "cancelled" if reason == "cancelled" else "closed"
-        return [_event("shipment_stopped", at, details), self._transition(sh, final, at, reason)]
+        # the state change first: shipment_stopped is the last record of the shipment's range
+        return [self._transition(sh, final, at, reason), _event("shipment_stopped", at, details)]
 
     def _budget_alarm(self, sh: _Shipment, at: float) -> dict[str, Any]:
         b = sh.budget

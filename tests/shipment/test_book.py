@@ -48,8 +48,8 @@ def test_lifecycle_start_legs_handover_stop_records_every_transition():
     out = book.leg("SHP-1", elapsed=10 * H)
     assert states(out) == ["delivered"]  # the destination leg
     out = book.stop("SHP-1", elapsed=11 * H, by="qa")
-    assert events(out) == ["shipment_stopped", "shipment_state"] and states(out) == ["closed"]
-    assert out[0]["details"]["reason"] == "manual" and out[0]["details"]["duration_s"] == pytest.approx(11 * H - 100)
+    assert events(out) == ["shipment_state", "shipment_stopped"] and states(out) == ["closed"]
+    assert out[1]["details"]["reason"] == "manual" and out[1]["details"]["duration_s"] == pytest.approx(11 * H - 100)
     assert book.tag("p1") is None  # the sensors are free again
     assert book.shipments()[0]["state"] == "closed"
 
@@ -71,7 +71,7 @@ def test_cancel_frees_the_sensors_and_says_cancelled():
     book = ShipmentBook()
     book.start(spec(), elapsed=0.0)
     out = book.cancel("SHP-1", elapsed=50.0, by="ops", why="order withdrawn")
-    assert out[0]["details"]["reason"] == "cancelled" and out[0]["details"]["why"] == "order withdrawn"
+    assert out[1]["details"]["reason"] == "cancelled" and out[1]["details"]["why"] == "order withdrawn"
     assert states(out) == ["cancelled"] and book.tag("p1") is None
     with pytest.raises(ShipmentError, match="cancelled"):
         book.leg("SHP-1", elapsed=60.0, name="late")
@@ -116,7 +116,7 @@ def test_budget_carried_in_from_upstream_runs_out_at_the_right_second():
     (rec,) = stamp([alarm], wall_now=1_800_000_000.0, elapsed_now=2700.0)
     assert rec["ts"] == pytest.approx(1_800_000_000.0 - 100) and rec["started_at"] == pytest.approx(1_800_000_000.0 - 700)
     assert "_elapsed" not in rec and book.tick(5000.0) == []  # raised once
-    stop = book.stop("SHP-1", elapsed=5000.0)[0]["details"]["stability"]
+    stop = book.stop("SHP-1", elapsed=5000.0)[-1]["details"]["stability"]
     assert stop["remaining_s"] == 0.0 and stop["exhausted"] and stop["spent_s"] == pytest.approx(3000.0)
 
 
@@ -171,8 +171,8 @@ def test_duration_stop_condition_stops_at_the_planned_second():
     book.start(spec(stop={"duration_s": 3 * H}), elapsed=10.0)
     assert book.tick(3 * H) == []
     out = book.tick(4 * H)
-    assert out[0]["event"] == "shipment_stopped" and out[0]["details"]["reason"] == "duration"
-    assert out[0]["_elapsed"] == pytest.approx(3 * H + 10) and book.tag("p1") is None
+    assert out[-1]["event"] == "shipment_stopped" and out[-1]["details"]["reason"] == "duration"
+    assert out[-1]["_elapsed"] == pytest.approx(3 * H + 10) and book.tag("p1") is None
 
 
 def test_arrival_in_the_geofence_from_gps_readings_delivers_and_stops():
