@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from agent.exc import ConfigError, ConfigProblem
 from agent.rules.config import RulesConfig
+from agent.shipment.config import ShipmentsConfig, ShipmentSpec
 from drivers import registry
 from drivers.exc import DriverUnavailable
 
@@ -145,6 +146,14 @@ class Config(Model):
     drivers: list[DriverConfig] = Field(default_factory=list)
     sensors: list[SensorConfig] = Field(default_factory=list)
     rules: RulesConfig = RulesConfig()
+    shipments: list[ShipmentSpec] = Field(
+        default_factory=list, description="shipments that start with the agent (see docs/shipments.md)")
+
+    @field_validator("shipments")
+    @classmethod
+    def _shipments(cls, v: list[ShipmentSpec]) -> list[ShipmentSpec]:
+        ShipmentsConfig(shipments=v)  # unique ids; no sensor in two shipments that both start with the agent
+        return v
 
     def sensor(self, sensor_id: str) -> SensorConfig | None:
         for s in self.sensors:

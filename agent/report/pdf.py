@@ -62,6 +62,11 @@ def when(iso: Any) -> str:
     return str(iso).replace("T", " ").replace(".000Z", "").replace("Z", "") + " UTC"
 
 
+def short(iso: Any) -> str:
+    """``when`` without the zone, for table cells (their heading says UTC)."""
+    return when(iso).removesuffix(" UTC")
+
+
 class Report(FPDF):
     def __init__(self, model: dict[str, Any]) -> None:
         super().__init__(orientation="P", unit="mm", format="A4")
@@ -250,10 +255,10 @@ def render(model: dict[str, Any], path: str) -> None:
         ["ignore period", dur(sh.get("ignore_s"))],
         ["stop conditions", "manual" + "".join(f", {k} {v}" for k, v in (sh.get("stop") or {}).items() if v)],
     ])
-    pdf.heading("Legs")
+    pdf.heading("Legs (times UTC)")
     pdf.grid([("#", 6), ("leg", 30), ("kind", 20), ("mode", 16), ("start", 36), ("end", 36), ("duration", 22),
                ("muted rules", 24)],
-              [[str(x["index"]), x["name"], x["kind"], x.get("mode") or "-", when(x["start"]), when(x["end"]),
+              [[str(x["index"]), x["name"], x["kind"], x.get("mode") or "-", short(x["start"]), short(x["end"]),
                 dur(x["duration_s"]), ", ".join(x.get("mute") or []) or "-"] for x in m["legs"]] or [["-"] * 8])
     pdf.heading("Sensors, calibration and limits")
     rows = []
@@ -273,36 +278,41 @@ def render(model: dict[str, Any], path: str) -> None:
                for x in s["limits"]]
         pdf.para(f"{s['id']} limits ({s.get('profile')}): " + ("; ".join(lim) or "none"), size=7.5)
 
-    pdf.heading("Summary per sensor")
+    pdf.heading("Summary per sensor (times UTC)")
     rows = []
     for s in m["sensors"]:
         for q, f in s["quantities"].items():
             if not f.get("count"):
                 continue
             zones = "; ".join(f"{z['zone']}: {dur(z['time_s'])}" for z in f.get("zones", []) if z["time_s"])
-            rows.append([s["id"], f"{q} ({f['unit']})", f"{num(f['min'])} at {when(f['min_at'])}",
-                         f"{num(f['max'])} at {when(f['max_at'])}", num(f["mean"]), str(f["count"]),
-                         dur(f["elapsed_s"]), zones or "-"])
-    pdf.grid([("sensor", 14), ("quantity", 22), ("min", 30), ("max", 30), ("mean", 12), ("points", 12),
-               ("elapsed", 20), ("time in each zone", 44)], rows)
+            rows.append([s["id"], f"{q} ({f['unit']})", num(f["min"]), short(f["min_at"]), num(f["max"]),
+                         short(f["max_at"]), num(f["mean"]), str(f["count"]), dur(f["elapsed_s"]), zones or "-"])
+    pdf.grid([("sensor", 8), ("quantity", 20), ("min", 8), ("at", 27), ("max", 8), ("at", 27), ("mean", 8),
+              ("points", 8), ("elapsed", 18), ("time in each zone", 48)], rows, size=6.5)
     pdf.grid([("MKT", 180)], [[f"{s['id']}: {_mkt_text(s['quantities']['temperature'].get('mkt'))}"]
                                for s in m["sensors"] if "temperature" in s["quantities"]])
 
-    pdf.heading("Alarms per rule")
+    pdf.heading("Alarms per rule (times UTC)")
     rows = []
     for a in m["alarms"]:
-        ex = "; ".join(f"{when(x['start'])} - {when(x['end']) if x['end'] else 'open'} ({dur(x['duration_s'])}, "
-                       f"peak {num(x['peak'])})" for x in a["excursions"][:6])
-        if len(a["excursions"]) > 6:
-            ex += f"; +{len(a['excursions']) - 6} more"
-        ack = "; ".join(f"{x['by']} at {when(x['at'])}: {x['reason']}" for x in a["acknowledgements"])
         limit = " ".join(f"{k} {v}" for k, v in a["limit"].items())
         rows.append([a["sensor_id"], a["rule"], a["kind"], limit or "-", dur(a["allowed_s"]),
                      dur(a["time_out_s"]) if a["time_out_s"] is not None else "-", str(a["count"]), a["status"],
-                     ex or "-", ack or "-"])
-    pdf.grid([("sensor", 10), ("rule", 18), ("type", 14), ("limit", 14), ("allowed", 14), ("time out", 14),
-               ("exc.", 7), ("status", 14), ("excursions: start - end (duration, peak)", 48), ("acknowledged", 27)],
-              rows, size=6.5)
+                     ", ".join(a["alarm_ids"]) or "-"])
+    pdf.grid([("sensor", 10), ("rule", 24), ("type", 16), ("limit", 20), ("allowed", 18), ("time out", 18),
+              ("excursions", 13), ("status", 15), ("alarms", 46)], rows, size=6.5)
+    rows = [[a["sensor_id"], a["rule"], str(i), short(x["start"]), short(x["end"]) if x["end"] else "open",
+             dur(x["duration_s"]), num(x["peak"])]
+            for a in m["alarms"] if a["status"] != "OK" or a["kind"] in ("single", "cumulative")
+            for i, x in enumerate(a["excursions"], 1)]
+    if rows:
+        pdf.para("Excursions (from the first reading at or beyond the limit to the first back inside it):", size=7.5)
+        pdf.grid([("sensor", 10), ("rule", 26), ("#", 6), ("start", 34), ("end", 34), ("duration", 20), ("peak", 14)],
+                 rows, size=6.5)
+    rows = [[x["alarm_id"], x["by"], short(x["at"]), x["reason"]] for a in m["alarms"] for x in a["acknowledgements"]]
+    pdf.para("Acknowledgements:" + ("" if rows else " none"), size=7.5)
+    if rows:
+        pdf.grid([("alarm", 30), ("by", 24), ("when", 34), ("why", 92)], rows, size=6.5)
 
     for chart in m["charts"]:
         if pdf.get_y() > pdf.h - 90:
@@ -314,12 +324,12 @@ def render(model: dict[str, Any], path: str) -> None:
         if pdf.get_y() > pdf.h - 100:
             pdf.add_page()
         tr = m["track"]
-        pdf.heading(f"GPS track ({tr['sensor_id']}, {tr['fixes']} fixes, {when(tr['first_at'])} - {when(tr['last_at'])})")
+        pdf.heading(f"GPS track ({tr['sensor_id']}, {tr['fixes']} fixes, {short(tr['first_at'])} - {short(tr['last_at'])})")
         draw_track(pdf, tr, pdf.l_margin, pdf.get_y() + 2, pdf.w - pdf.l_margin - pdf.r_margin, 80)
         pdf.set_y(pdf.get_y() + 88)
 
-    pdf.heading("Chain of custody")
-    rows = [[str(c["index"]), when(c["at"]), c["from"], c["to"], c["signed_by"],
+    pdf.heading("Chain of custody (times UTC)")
+    rows = [[str(c["index"]), short(c["at"]), c["from"], c["to"], c["signed_by"],
              (f"{c['where']['lat']:.5f}, {c['where']['lon']:.5f}" if isinstance(c.get("where"), dict) and "lat" in
               c["where"] else str((c.get("where") or {}).get("place", "-")) if c.get("where") else "unknown"),
              c.get("leg") or "-"] for c in m["custody"]]
