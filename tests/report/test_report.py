@@ -20,7 +20,8 @@ from agent.report import build, render_html, render_pdf
 from agent.report.pdf import dur, num, short, when
 from agent.report.source import from_receiver, from_store, source_of_store
 from agent.store import Store
-from tests.report.trip import GATEWAY, H, T0, build as build_trip, make_gap
+from tests.report.trip import GATEWAY, T0, H, make_gap
+from tests.report.trip import build as build_trip
 
 pytestmark = pytest.mark.skipif(shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
                                 reason="poppler-utils (pdftotext, pdftoppm) not installed; .ci/run installs them")
@@ -66,7 +67,7 @@ def test_pdf_text_states_each_field_as_the_store_holds_it(trip: dict[str, Any], 
     stopped = next(r for r in recs if r.get("event") == "shipment_stopped")
     # first page: the status and why
     assert "ALARM" in text.split("Why")[0] and "the product left its limits" in text
-    assert f"Trip report SHP-TRIP-1" in text and f"gateway {GATEWAY}" in text
+    assert "Trip report SHP-TRIP-1" in text and f"gateway {GATEWAY}" in text
     # header
     assert when(started["ts"]) in text and when(stopped["ts"]) in text and "receiving clerk" not in text.split("Why")[0]
     for leg, mode in (("packing", "road"), ("BSL-JFK", "air"), ("receiving", "road")):
