@@ -30,6 +30,7 @@ import stat
 import tomllib
 import types
 import typing
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict, Validation
 
 from agent.exc import ConfigError, ConfigProblem
 from agent.rules.config import RulesConfig
+from agent.shipment.config import ShipmentsConfig, ShipmentSpec
 from drivers import registry
 from drivers.exc import DriverUnavailable
 from drivers.fields import MAX_SECONDS, MIN_PERIOD_S, STRICT, StrictModel
@@ -135,6 +137,8 @@ class Calibration(Model):
     offset: float = Field(default=0.0, description="added after scaling: value = raw * slope + offset")
     slope: float = 1.0
     certificate: str | None = Field(default=None, description="calibration certificate id, sent with each reading")
+    due: Annotated[date, Strict(False)] | None = Field(default=None, description="calibration due date (YYYY-MM-DD); the trip report flags "
+                                                      "a sensor used past it")
 
 
 class SensorConfig(Model):
@@ -183,6 +187,14 @@ class Config(Model):
     drivers: list[DriverConfig] = Field(default_factory=list)
     sensors: list[SensorConfig] = Field(default_factory=list)
     rules: RulesConfig = RulesConfig()
+    shipments: list[ShipmentSpec] = Field(
+        default_factory=list, description="shipments that start with the agent (see docs/shipments.md)")
+
+    @field_validator("shipments")
+    @classmethod
+    def _shipments(cls, v: list[ShipmentSpec]) -> list[ShipmentSpec]:
+        ShipmentsConfig(shipments=v)  # unique ids; no sensor in two shipments that both start with the agent
+        return v
 
     def sensor(self, sensor_id: str) -> SensorConfig | None:
         for s in self.sensors:

@@ -19,6 +19,8 @@ __all__ = [
     "DriverError",
     "DriverIOError",
     "DriverUnavailable",
+    "SensorBusy",
+    "ShipmentError",
     "StoreError",
     "StoreFull",
     "SyncError",
@@ -107,3 +109,24 @@ class ControlRefused(ControlError):
 
 class SyncTooLarge(SyncError):
     """413: the batch is too large for the server; the uplink splits it (one record: refused)."""
+
+
+class ShipmentError(ColdgateError):
+    """A shipment command cannot be carried out (unknown id, wrong state, bad arguments).
+
+    ``shipment`` names the shipment, where there is one.
+    """
+
+    def __init__(self, message: str, *, shipment: str | None = None) -> None:
+        super().__init__(message)
+        self.shipment = shipment
+
+
+class SensorBusy(ShipmentError):
+    """A sensor asked for by a new shipment already belongs to another active one."""
+
+    def __init__(self, sensor_id: str, holder: str, *, shipment: str | None = None) -> None:
+        super().__init__(f"sensor {sensor_id!r} already belongs to shipment {holder!r} (stop or cancel it first)",
+                         shipment=shipment)
+        self.sensor_id = sensor_id
+        self.holder = holder

@@ -15,6 +15,8 @@ not import ``agent``; :mod:`agent.exc` re-exports it and adds the agent's own ph
     │   ├── AgentNotRunning        nothing answers (no agent, or a stale socket)
     │   ├── AgentNotAnswering      accepted, but no answer in time (frozen, overloaded)
     │   └── ControlRefused         the agent refused the request (carries ``kind``)
+    ├── ShipmentError              agent.exc: a shipment command (carries ``shipment``)
+    │   └── SensorBusy             a sensor already belongs to another active shipment
     └── SyncError                  agent.exc: the uplink (carries ``status``, ``retry_after``)
         ├── SyncRejected           400/422: the batch is malformed for this server
         ├── AuthRefused            401/403: credentials refused

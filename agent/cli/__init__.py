@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli.serial_cmd",
     "agent.cli.ble_cmd",
     "agent.cli.rules_cmd",
+    "agent.cli.report_cmd",
 ]
 
 

@@ -2,7 +2,8 @@
 
 ``coldgate receiver --port P --db FILE [--token T | --token-file F] [--allow-faults] [--fault JSON ...]``
 serves until SIGTERM/SIGINT; ``coldgate receiver report --db FILE [--gateway ID] [--json]``
-prints what it holds, one block per stream with its verdict.
+prints what it holds, one block per stream with its verdict; with ``--shipment ID`` the trip
+report of one shipment (:mod:`agent.cli.report_cmd`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ one SQLite file, one process.
 
   coldgate receiver --port 8080 --db rx.db            serve (until SIGTERM / Ctrl-C)
   coldgate receiver report --db rx.db [--json]        counts, gaps, chain breaks per stream
+  coldgate receiver report --db rx.db --shipment ID --pdf FILE   a shipment's trip report from this copy
 """
 
 FAULT_HELP = (
@@ -68,6 +70,9 @@ def register(sub: Any) -> None:
     serve.add_argument("--fault", action="append", default=[], metavar="JSON", help=FAULT_HELP)
     rep = p.add_argument_group("report")
     rep.add_argument("--gateway", metavar="ID", help="only this gateway")
+    rep.add_argument("--shipment", metavar="ID", help="the trip report of this shipment (with --pdf, --html or --json)")
+    rep.add_argument("--pdf", metavar="FILE", help="with --shipment: write the PDF trip report")
+    rep.add_argument("--html", metavar="FILE", help="with --shipment: write the HTML trip report")
     add_json_arg(rep)  # type: ignore[arg-type]
     p.set_defaults(func=run, _parser=p)
 
@@ -105,6 +110,12 @@ def _faults(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     from agent.receiver import Receiver, render_text
 
+    if args.action == "report" and args.shipment:
+        from agent.cli.report_cmd import receiver_report
+
+        return receiver_report(args)
+    if args.pdf or args.html:
+        args._parser.error("--pdf and --html go with 'report --shipment ID'")
     if args.action == "report":
         with Receiver(args.db, create=False) as receiver:
             emit(args, receiver.report(args.gateway), render_text)

@@ -374,4 +374,4 @@ class RulesConfig(_Model):
 
 
 #: Built-in preset names (their rule sets are in :mod:`agent.rules.presets`).
-PRESET_NAMES = ("2-8C", "15-25C", "crt", "frozen", "ultra-low", "dry-ice", "ln2")
+PRESET_NAMES = ("2-8C", "15-25C", "crt", "frozen", "ultra-low", "dry-ice", "ln2", "who-pqs-type1", "who-pqs-type2")

@@ -14,6 +14,7 @@ the persisted state stay small (the window edge moves in steps of ``window_s / B
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -135,3 +136,107 @@ class MktAccumulator:
         self.gaps = int(s["gaps"])
         self.gap_s = float(s["gap_s"])
         self.buckets = [list(map(float, b)) for b in s.get("buckets", [])]
+
+
+# -- windows of USP <1079.2> -------------------------------------------------------------
+
+#: ΔH of USP <1079>/<1079.2>: ΔH/R = 10 000 K with R = 8.3144 J/(mol·K), i.e. 83.144 kJ/mol
+DH_KJ_PER_MOL = round(DH_R * 8.3144 / 1000.0, 3)
+#: USP <1079.2>: controlled cold temperature (2-8 °C) products, 24 consecutive hours
+CCT_WINDOW_S = 24 * 3600.0
+#: USP <1079.2>: controlled room temperature products, 30 consecutive days
+CRT_WINDOW_S = 30 * 86400.0
+
+
+def usp_window(profile_name: str, mkt_limit: float | None) -> tuple[float | None, str]:
+    """The MKT window USP <1079.2> gives a profile's product class, and the class's name.
+
+    Cold-chain (controlled cold temperature, an MKT limit at or below 8 °C) products: 24 h;
+    controlled room temperature (``crt``, ``15-25C`` and other limits above 8 °C): 30 days.
+    Frozen and colder products have no MKT in <1079.2> (None: the trip figure only).
+    """
+    if profile_name in ("crt", "15-25C"):
+        return CRT_WINDOW_S, "controlled room temperature"
+    if profile_name == "2-8C":
+        return CCT_WINDOW_S, "controlled cold temperature"
+    if mkt_limit is None:
+        return None, "no MKT class (no MKT rule)"
+    if mkt_limit <= 8.0:
+        return CCT_WINDOW_S, "controlled cold temperature"
+    return CRT_WINDOW_S, "controlled room temperature"
+
+
+def _pieces(series: Iterable[tuple[float, float]], end: float | None, max_gap_s: float) -> list[tuple[float, float, float]]:
+    """``(start, stop, arrhenius)`` of each reading held until the next (at most ``max_gap_s``)."""
+    pts: list[tuple[float, float]] = []
+    for ts, value in series:
+        if pts and ts <= pts[-1][0]:
+            if ts == pts[-1][0]:
+                pts[-1] = (ts, value)  # same instant: the newer value replaces, as in the accumulator
+            continue
+        pts.append((ts, value))
+    out = []
+    for i, (ts, value) in enumerate(pts):
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else end
+        if nxt is None or nxt <= ts:
+            continue
+        out.append((ts, min(nxt, ts + max_gap_s), arrhenius(value)))
+    return out
+
+
+def windowed_mkt(series: Iterable[tuple[float, float]], window_s: float, *, end: float | None = None,
+                 max_gap_s: float = 3600.0) -> dict[str, Any] | None:
+    """The highest MKT over every window of ``window_s`` within the series: USP <1079.2>.
+
+    <1079.2> asks for the MKT over a fixed span (24 h for cold-chain products, 30 days for
+    controlled room temperature) that *includes the excursion*; the worst such window is the
+    one an excursion weighs most in, so the highest window MKT is the figure to judge (any
+    other window holding the excursion gives the same or less). Readings hold until the
+    next one (at most ``max_gap_s``; longer silences are not bridged). A series shorter
+    than the window is judged over its whole span (``complete`` False): the time outside
+    the trip is unknown, and leaving it out can only raise the figure.
+
+    Exact, not bucketed: between breakpoints the window's Arrhenius sum and weight are
+    linear in its position, so their ratio is monotonic and the maximum lies where a window
+    edge meets a reading edge; a two-pointer sweep visits those in O(n).
+
+    Returns ``{"mkt", "window_s", "start", "end", "span_s", "complete"}`` (times as given),
+    or None without data.
+    """
+    pieces = _pieces(series, end, max_gap_s)
+    if not pieces:
+        return None
+    first, last = pieces[0][0], pieces[-1][1]
+    if last - first <= window_s:
+        sw = sum(b - a for a, b, _ in pieces)
+        swe = sum((b - a) * e for a, b, e in pieces)
+        m = mkt_from_sums(swe, sw)
+        return {"mkt": m, "window_s": window_s, "start": first, "end": last, "span_s": sw, "complete": False}
+    # prefix sums of weight and Arrhenius weight up to each piece's start: a window's sums are
+    # the difference of two cumulative values, each found by bisection
+    starts = [a for a, _, _ in pieces]
+    cw, cwe = [0.0], [0.0]
+    for a, b, e in pieces:
+        cw.append(cw[-1] + (b - a))
+        cwe.append(cwe[-1] + (b - a) * e)
+
+    def cumulative(x: float) -> tuple[float, float]:
+        k = bisect.bisect_right(starts, x) - 1
+        if k < 0:
+            return 0.0, 0.0
+        a, b, e = pieces[k]
+        part = max(0.0, min(x, b) - a)
+        return cw[k] + part, cwe[k] + part * e
+
+    cands = sorted({p for a, b, _ in pieces for p in (a, b, a - window_s, b - window_s) if first <= p <= last - window_s})
+    best: tuple[float, float, float] | None = None  # (mkt, start, weight)
+    for s in cands:
+        w0, e0 = cumulative(s)
+        w1, e1 = cumulative(s + window_s)
+        m = mkt_from_sums(e1 - e0, w1 - w0)
+        if m is not None and (best is None or m > best[0] + 1e-12):
+            best = (m, s, w1 - w0)
+    if best is None:
+        return None
+    return {"mkt": best[0], "window_s": window_s, "start": best[1], "end": best[1] + window_s, "span_s": best[2],
+            "complete": True}

@@ -80,6 +80,30 @@ PRESETS_RAW: dict[str, dict[str, Any]] = {
         "description": "liquid-nitrogen vapour, <= -150 Cel: alarm at >=-150 for 5 min",
         "rules": _range(None, -150.0, delay_s=300.0, hyst=2.0, budget_s=None, mkt=None, pre=10.0),
     },
+    # WHO PQS E006 electronic shipping indicators (WHO/PQS/E006/TR07; the thresholds as the
+    # PQS-prequalified indicators are factory-set, see docs/shipments.md): irreversible, so the
+    # rules latch until someone acknowledges; limits inclusive; a single event resets when the
+    # value is back inside (no hysteresis), a cumulative one counts every second at or beyond.
+    "who-pqs-type1": {
+        "description": "WHO PQS E006 shipping indicator Type I (freeze-sensitive vaccines): >=45 Cel single "
+                       "event 1 h, >=30 Cel cumulative 10 h, <=-0.5 Cel single event 1 h",
+        "rules": {
+            "heat_45": {"type": "above", "limit": 45.0, "delay_s": 3600.0, "latching": True},
+            "heat_30_cumulative": {"type": "budget", "above": 30.0, "budget_s": 36000.0, "latching": True},
+            "freeze": {"type": "below", "limit": -0.5, "delay_s": 3600.0, "latching": True},
+            "missing": _COMMON["missing"],
+        },
+    },
+    "who-pqs-type2": {
+        "description": "WHO PQS E006 shipping indicator Type II (freeze-dried vaccines with frozen ice packs): "
+                       ">=45 Cel single event 1 h, >=30 Cel cumulative 10 h, >=10 Cel cumulative 20 h",
+        "rules": {
+            "heat_45": {"type": "above", "limit": 45.0, "delay_s": 3600.0, "latching": True},
+            "heat_30_cumulative": {"type": "budget", "above": 30.0, "budget_s": 36000.0, "latching": True},
+            "heat_10_cumulative": {"type": "budget", "above": 10.0, "budget_s": 72000.0, "latching": True},
+            "missing": _COMMON["missing"],
+        },
+    },
 }
 
 assert tuple(PRESETS_RAW) == PRESET_NAMES, "PRESET_NAMES and PRESETS_RAW must agree"

@@ -1,0 +1,85 @@
+"""Which records are a shipment's: the chained range from its start to its stop.
+
+The report and the export take *every* record between ``shipment_started`` and
+``shipment_stopped`` (inclusive) of the stream, not only the shipment's readings: the
+hash chain runs through all of them, so only the whole range can be verified, and the
+gateway's own events in it (data loss, clock steps, restarts) belong in the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.exc import ColdgateError
+
+
+class ReportError(ColdgateError):
+    """A report cannot be made (no such shipment in these records, ambiguous id, …)."""
+
+
+@dataclass
+class Selection:
+    """A shipment's records as chained, with where they came from."""
+
+    shipment: str
+    stream: str
+    records: list[dict[str, Any]]  # ascending by seq, the whole range (gaps show as missing seqs)
+    started: dict[str, Any]  # the shipment_started record
+    stopped: dict[str, Any] | None  # the shipment_stopped record, None while in progress
+
+    @property
+    def first_seq(self) -> int:
+        return int(self.records[0]["seq"])
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.records[-1]["seq"])
+
+
+def _is(rec: Mapping[str, Any], event: str, shipment: str) -> bool:
+    return (rec.get("type") == "event" and rec.get("event") == event
+            and isinstance(rec.get("details"), dict) and rec["details"].get("shipment") == shipment)
+
+
+def find_bounds(events: Iterable[Mapping[str, Any]], shipment: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The start and stop events of ``shipment`` among ``events``. ReportError if not started."""
+    started = stopped = None
+    for rec in events:
+        if started is None and _is(rec, "shipment_started", shipment):
+            started = dict(rec)
+        elif started is not None and rec.get("stream") == started.get("stream") and _is(rec, "shipment_stopped",
+                                                                                          shipment):
+            stopped = dict(rec)
+            break
+    if started is None:
+        raise ReportError(f"no shipment {shipment!r} in these records (no shipment_started event for it)")
+    return started, stopped
+
+
+def select(records: Iterable[Mapping[str, Any]], shipment: str) -> Selection:
+    """The range of ``shipment`` in ``records`` (one stream's, any order, possibly with gaps)."""
+    recs = sorted((dict(r) for r in records), key=lambda r: (str(r.get("stream")), int(r["seq"])))
+    started, stopped = find_bounds(recs, shipment)
+    stream = started["stream"]
+    lo = int(started["seq"])
+    hi = int(stopped["seq"]) if stopped else None
+    rng = [r for r in recs if r.get("stream") == stream and lo <= int(r["seq"]) and (hi is None or int(r["seq"]) <= hi)]
+    return Selection(shipment, stream, rng, started, stopped)
+
+
+def shipments_in(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every shipment started in ``events``: id, stream, start and stop seq (for listings and errors)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in events:
+        if rec.get("type") != "event" or not isinstance(rec.get("details"), dict):
+            continue
+        sid = rec["details"].get("shipment")
+        if rec.get("event") == "shipment_started":
+            out[(str(rec.get("stream")), str(sid))] = {"shipment": sid, "stream": rec.get("stream"),
+                                                       "started_seq": rec["seq"], "stopped_seq": None,
+                                                       "started_at": rec.get("ts")}
+        elif rec.get("event") == "shipment_stopped" and (str(rec.get("stream")), str(sid)) in out:
+            out[(str(rec.get("stream")), str(sid))]["stopped_seq"] = rec["seq"]
+    return list(out.values())
