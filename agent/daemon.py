@@ -94,7 +94,8 @@ class Agent:
         self.ingest = Ingest(config, self.stamper, on_alarm=self._on_alarm)
         self.writer = Writer(self._open_store, self.intake, self.ingest, self.stamper,
                              commit_interval_s=config.store.commit_interval_s, commit_max=config.store.commit_max,
-                             spill=spill_path(config.store.path))
+                             spill=[spill_path(config.store.path),
+                                    config.control.socket.parent / spill_path(config.store.path).name])
         self._transport_factory = transport
         self.uplink = UplinkLoop(self._open_reader, self._make_transport(config), config.uplink, config.gateway_id,
                                  self.stamper, self.intake.put_item)
@@ -196,7 +197,7 @@ class Agent:
             self.ready.set()
             await self._stop.wait()
             await self._shutdown()
-            return 0
+            return 1 if self.writer.lost_at_exit else 0
         finally:
             await self.control.close()
             if self.writer.alive:  # start-up failed half-way: still commit what was taken

@@ -19,9 +19,11 @@ When the store fails, nothing taken is dropped: the records are *held* in memory
 are never dropped) and the writer retries with backoff, reopening the store (a
 connection opened read-only stays so). Their loss, if any, is a ``data_loss`` event
 (``reason: store_unwritable``) committed as soon as the store takes writes. At stop,
-records still held go to a spill file beside the store (``<store>.held``), which the
-next start commits first; whatever cannot be kept even there is said in the log with
-its count.
+records still held go to a spill file beside the store (``<store>.held``) or, when that
+filesystem takes no writes either (an SD card remounted read-only), to the runtime
+directory (``/run/coldgate``: it survives a restart of the service, not a reboot); the
+next start commits them first. Whatever cannot be kept anywhere is said in the log with
+its count, and the agent exits non-zero.
 """
 
 from __future__ import annotations
@@ -64,14 +66,18 @@ class Writer:
     """Group commit on a thread of its own; see the module docstring."""
 
     def __init__(self, open_store: Callable[[], Store], intake: Intake, ingest: Ingest, stamper: Stamper, *,
-                 commit_interval_s: float, commit_max: int, spill: Path,
+                 commit_interval_s: float, commit_max: int, spill: Path | list[Path],
                  on_commit: Callable[[int], None] = lambda head: None,
                  states: Callable[[], dict[str, Any]] | None = None,
                  max_held: int = MAX_HELD) -> None:
         self._open_store = open_store
         self.intake, self.ingest, self.stamper = intake, ingest, stamper
         self.commit_interval_s, self.commit_max = commit_interval_s, commit_max
-        self.spill = spill
+        #: where held records go at exit, in order of preference; all are replayed at start
+        self.spills = [spill] if isinstance(spill, Path) else list(spill)
+        self.spill = self.spills[0]
+        #: records that could not be kept anywhere at exit (the agent exits non-zero)
+        self.lost_at_exit = 0
         self.on_commit = on_commit
         #: extra state saved with a commit (the shipments, later): ``{key: JSON-able}``
         self._states = states
@@ -364,33 +370,34 @@ class Writer:
             self.store = None
 
     def _spill_held(self) -> None:
-        """Keep what could not be committed in a file beside the store, for the next start."""
+        """Keep what could not be committed in a file, for the next start."""
         items = self._held + ([self._loss_event()] if self._lost else [])
-        tmp = self.spill.with_name(self.spill.name + ".tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                if self.spill.exists():
-                    f.write(self.spill.read_text(encoding="utf-8"))
-                for item in items:
-                    f.write(json.dumps(item) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.spill)
-        except (OSError, TypeError, ValueError) as exc:
-            log.error("%d record(s) held at exit could not be committed nor kept in %s (%s): they are lost",
-                      len(items), self.spill, exc)
+        errors = []
+        for spill in self.spills:
+            try:
+                _append_lines(spill, items)
+            except (OSError, TypeError, ValueError) as exc:
+                errors.append(f"{spill}: {exc}")
+                continue
+            log.warning("%d record(s) held at exit kept in %s; the next start commits them", len(items), spill)
+            self._held, self._lost = [], {}
             return
-        log.warning("%d record(s) held at exit kept in %s; the next start commits them", len(items), self.spill)
-        self._held, self._lost = [], {}
+        self.lost_at_exit = len(items)
+        log.error("%d record(s) held at exit could not be committed nor kept (%s): they are lost",
+                  len(items), "; ".join(errors))
 
     def _replay_spill(self) -> None:
         """Records a previous run held at exit: committed before anything of this run."""
+        for spill in self.spills:
+            self._replay_one(spill)
+
+    def _replay_one(self, spill: Path) -> None:
         try:
-            text = self.spill.read_text(encoding="utf-8")
+            text = spill.read_text(encoding="utf-8")
         except FileNotFoundError:
             return
         except OSError as exc:
-            log.error("cannot read held records in %s: %s", self.spill, exc)
+            log.error("cannot read held records in %s: %s", spill, exc)
             return
         items, bad = [], 0
         for line in text.splitlines():
@@ -405,16 +412,16 @@ class Writer:
                 bad += 1
         if bad:
             items.append(self.stamper.event("data_loss", {"reason": "spill_unreadable", "what": "records",
-                                                          "count": bad, "file": str(self.spill)}))
-        log.info("committing %d record(s) held by the previous run (%s)", len(items), self.spill)
+                                                          "count": bad, "file": str(spill)}))
+        log.info("committing %d record(s) held by the previous run (%s)", len(items), spill)
         self.ingest.items[:0] = items
         self._commit()
         if not self._held:
             try:
-                self.spill.unlink()
+                spill.unlink()
             except OSError as exc:
                 log.error("cannot remove %s after committing it (%s): its records may be committed twice",
-                          self.spill, exc)
+                          spill, exc)
 
     # -- for the other parts (run on this thread through intake.call) -------------------
     def correct_clock(self, rel_now: float) -> None:
@@ -462,8 +469,21 @@ class Writer:
             "commits": self.commits,
             "committed": self.committed,
             "last_commit_age_s": None if self.last_commit_at is None else round(now - self.last_commit_at, 3),
-            "spill": str(self.spill) if self.spill.exists() else None,
+            "spill": next((str(p) for p in self.spills if p.exists()), None),
         }
+
+
+def _append_lines(path: Path, items: list[dict[str, Any]]) -> None:
+    """Add ``items`` as JSON lines to ``path``, durably, through a temporary file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        if path.exists():
+            f.write(path.read_text(encoding="utf-8"))
+        for item in items:
+            f.write(json.dumps(item) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 __all__ = ["MAX_HELD", "STATE_EVERY_S", "TX_MAX", "Writer", "spill_path"]

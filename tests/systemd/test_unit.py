@@ -93,7 +93,7 @@ def test_status_runs_under_the_units_seccomp_filters(world):
     cfg = write_config(world)
     done = subprocess.run(sandboxed(UNIT, "status", "--config", str(cfg)), env=sandbox_env(),
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # it ran to the end: 3 says "the agent is not running"
     assert "gw-unit" in done.stdout and "clock:" in done.stdout
 
 
