@@ -12,9 +12,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +140,125 @@ def broker_factory(tmp_path: Path) -> Iterator[object]:
 def broker(broker_factory: object) -> Mosquitto:
     """A plain broker: anonymous, no persistence."""
     return broker_factory()  # type: ignore[operator, no-any-return]
+
+
+# -- a stand-in consumer, and the gateway's side -------------------------------------------
+
+
+class Responder:
+    """A stand-in consumer on a real paho client: records each batch message and answers it
+    as ``answer(envelope)`` says: ``(status, fields)``, a list of raw ``(key, attempt,
+    status, fields)`` answers to publish in order, or None for no answer at all."""
+
+    def __init__(self, url: str, answer: Any = None, *, prefix: str = "coldgate") -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from agent.uplink import mqtt_wire as wire
+
+        self.wire = wire
+        self.prefix = prefix
+        self.answer = answer or (lambda env: (200, {"stored": 1, "duplicates": 0, "conflicts": 0}))
+        self.messages: list[tuple[str, Any]] = []
+        self._ready = threading.Event()
+        parsed = wire.parse_broker_url(url)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{prefix}/+/batches", qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._ready.set()
+        self.client.on_disconnect = lambda c, u, f, rc, p: self._ready.clear()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 1)
+        self.client.connect_async(parsed.host, parsed.port)
+        self.client.loop_start()
+
+    def wait_ready(self, timeout: float = 10) -> Responder:
+        assert self._ready.wait(timeout), "the stand-in consumer did not subscribe"
+        return self
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        env = self.wire.decode_envelope(message.payload)
+        self.messages.append((message.topic, env))
+        gateway = self.wire.gateway_of(self.prefix, message.topic)
+        out = self.answer(env)
+        if out is None:
+            return
+        answers = out if isinstance(out, list) else [(env.idempotency_key, env.attempt, *out)]
+        for key, attempt, status, fields in answers:
+            client.publish(self.wire.acks_topic(self.prefix, gateway),
+                           self.wire.encode_answer(key, attempt, status, fields), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll an observable outcome with a deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def uplink_config(broker: str, *, gateway_id: str = "gw-1", **mqtt: Any) -> Any:
+    """An ``[uplink]`` with ``transport = "mqtt"`` for ``broker``; ``mqtt`` overrides ``[uplink.mqtt]``."""
+    from agent.config import MqttConfig, UplinkConfig
+
+    tls = {k: mqtt.pop(k) for k in ("ca_bundle", "client_cert", "client_key") if k in mqtt}
+    return UplinkConfig(transport="mqtt", connect_timeout_s=mqtt.pop("connect_timeout_s", 5.0), **tls,
+                        mqtt=MqttConfig(broker=broker, **{"answer_timeout_s": 5.0, **mqtt}))
+
+
+def reading(i: int) -> dict[str, Any]:
+    return {"type": "reading", "ts": 1_795_000_000.0 + i, "time_quality": "synced", "sensor_id": "p1",
+            "quantity": "temperature", "value": round(4.0 + i / 8, 3), "unit": "Cel"}
+
+
+# -- a private CA for TLS tests -------------------------------------------------------------
+
+
+def make_pki(d: Path, *, client_cn: str = "gw-1") -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (CN ``client_cn``)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool = False,
+             ip: str | None = None) -> Any:
+        now = dt.datetime.now(dt.UTC)
+        b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ip:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                                critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    def write(stem: str, c: Any, key: Any = None) -> None:
+        (d / f"{stem}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        if key is not None:
+            kp = d / f"{stem}.key"
+            kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+            kp.chmod(0o600)
+
+    d.mkdir(parents=True, exist_ok=True)
+    ca_key, other_key, srv_key, cli_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
+    ca = cert("coldgate test CA", ca_key, "coldgate test CA", ca_key, ca=True)
+    write("ca", ca)
+    write("other-ca", cert("another CA", other_key, "another CA", other_key, ca=True))
+    write("server", cert("127.0.0.1", srv_key, "coldgate test CA", ca_key, ip="127.0.0.1"), srv_key)
+    write("client", cert(client_cn, cli_key, "coldgate test CA", ca_key), cli_key)
+    return {n: d / n for n in ("ca.pem", "other-ca.pem", "server.pem", "server.key", "client.pem", "client.key")}

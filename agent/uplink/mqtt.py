@@ -26,6 +26,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,8 @@ _paho_log = logging.getLogger("agent.mqtt.paho")
 #: CONNACK / SUBACK / PUBACK reason codes that mean "these credentials are refused"
 _AUTH_CODES = {134: 401, 135: 403, 138: 403, 140: 401}
 _NO_MATCHING_SUBSCRIBERS = 16
+#: "stored" answers kept for a resend that has not happened yet
+EARLY_ANSWERS = 64
 _PACKET_TOO_LARGE = 149
 
 
@@ -61,6 +64,17 @@ def require_paho() -> None:
     if paho is None:
         raise ConfigError("uplink", [ConfigProblem(
             "uplink.transport", "the MQTT transport needs paho-mqtt", "pip install 'coldgate[mqtt]'")])
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSLSocket that closes itself when its handshake fails: paho leaves it open."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 def tls_context(ca_bundle: Path | None, client_cert: Path | None, client_key: Path | None,
@@ -73,6 +87,7 @@ def tls_context(ca_bundle: Path | None, client_cert: Path | None, client_key: Pa
             ctx.verify_mode = ssl.CERT_NONE
         if client_cert is not None:
             ctx.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
+        ctx.sslsocket_class = _ClosingSSLSocket
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("uplink", [ConfigProblem("uplink.ca_bundle/client_cert", f"TLS files unusable: {exc}")]) from exc
     return ctx
@@ -355,6 +370,9 @@ class MqttTransport:
         self.acks = wire.acks_topic(mq.prefix, gateway_id)
         self._waiting: tuple[str, str] | None = None
         self._answer: dict[str, Any] | None = None
+        #: "stored" answers that came while nothing waited (queued in the session while the
+        #: agent was down, or after a timeout): the resend of that key takes them
+        self._early: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.session = session_from_config(config, gateway_id, subscribe=[self.acks], on_message=self._on_answer)
 
     @classmethod
@@ -378,13 +396,22 @@ class MqttTransport:
                 self._answer = doc
                 self.session.condition.notify_all()
                 return
-        # an answer to an earlier attempt that timed out: harmless, its batch is resent
-        log.debug("answer for %s, not the batch in flight: ignored", doc.get("idempotency_key"))
+            key = doc.get("idempotency_key")
+            if doc.get("status") == 200 and isinstance(key, str):
+                self._early[key] = doc
+                while len(self._early) > EARLY_ANSWERS:
+                    self._early.popitem(last=False)
+        log.debug("answer for %s while it was not in flight: kept for its resend", doc.get("idempotency_key"))
 
     def send(self, batch: Batch) -> Answer:
         attempt = secrets.token_hex(8)
         payload = wire.encode_envelope(batch.key, wire.batch_body(batch), attempt)
         session = self.session
+        with session.condition:
+            early = self._early.pop(batch.key, None)
+        if early is not None:
+            log.info("batch %s: stored, by an answer that came before this resend", batch.key)
+            return wire.interpret(early, batch)
         session.wait_ready(self.config.connect_timeout_s)
         if session.max_packet and len(payload) + len(self.topic) + 64 > session.max_packet:
             raise SyncTooLarge(f"batch {batch.first}-{batch.last} ({len(payload)} bytes) is over the broker's "
@@ -398,6 +425,9 @@ class MqttTransport:
             props.ContentType = "application/vnd.coldgate.batch"
             props.UserProperty = [("Idempotency-Key", batch.key)]
         with session.condition:
+            early = self._early.pop(batch.key, None)  # it may have come while connecting
+            if early is not None:
+                return wire.interpret(early, batch)
             self._waiting, self._answer = (batch.key, attempt), None
         try:
             mid = session.publish(self.topic, payload, props)
