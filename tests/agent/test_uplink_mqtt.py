@@ -20,16 +20,7 @@ from agent.receiver import validate
 from agent.store import Store
 from agent.uplink.base import Batch
 from agent.uplink.mqtt import MqttTransport
-from tests.mosquitto import (  # noqa: F401 - fixtures
-    Mosquitto,
-    Responder,
-    broker,
-    broker_factory,
-    make_pki,
-    reading,
-    uplink_config,
-    wait_until,
-)
+from tests.mosquitto import Mosquitto, Responder, make_pki, reading, uplink_config, wait_until
 
 STORED = (200, {"stored": 3, "duplicates": 0, "conflicts": 0})
 
