@@ -218,3 +218,27 @@ def test_a_batch_the_consumer_did_not_finish_is_redelivered_to_its_session(broke
     assert rx.records() == []
     _consumer(closing, rx, broker.url, client_id="rx-a", session_expiry_s=600)
     wait_until(lambda: len(rx.records()) == 10, what="the broker to redeliver the batch to the session")
+
+
+def _documented_acl() -> str:
+    """The Mosquitto ACL example of docs/mqtt.md, as printed there."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "mqtt.md").read_text()
+    block = doc.split("# /etc/mosquitto/acl\n", 1)[1].split("```", 1)[0]
+    return block
+
+
+def test_the_documented_acl_lets_each_gateway_use_only_its_own_topics(broker_factory: Any, store: Store,
+                                                                     tmp_path: Path, closing: list[Any]) -> None:
+    b = broker_factory(users={"rx": "rx-pw", "gw-1": "gw1-pw", "gw-2": "gw2-pw"}, acl=_documented_acl())
+    rx = _receiver(closing, tmp_path)
+    _consumer(closing, rx, b.url, share_group="rx", username="rx", password="rx-pw")
+    (tmp_path / "pw1").write_text("gw1-pw\n")
+    (tmp_path / "pw1").chmod(0o600)
+    (tmp_path / "pw2").write_text("gw2-pw\n")
+    (tmp_path / "pw2").chmod(0o600)
+    assert _transport(closing, b.url, password_file=tmp_path / "pw1").send(_batch(store)).stored == 10
+    # gw-2's credentials, gw-1's topics: the broker says no
+    impostor = _transport(closing, b.url, username="gw-2", password_file=tmp_path / "pw2", client_id="gw-2")
+    with pytest.raises(AuthRefused, match="Not authorized"):
+        impostor.send(_batch(store, first=12))
+    assert len(rx.records()) == 10
