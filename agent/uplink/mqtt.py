@@ -268,9 +268,16 @@ class BrokerSession:
         self.start()
         deadline = time.monotonic() + timeout
         with self._cond:
+            missing = [t for t in self.subscriptions if t not in self._subscribed and t not in self._sub_mids.values()]
+            if self.connected and missing:  # refused last time: ask again (the ACL may have been fixed since)
+                for topic in missing:
+                    self._sub_mids[self.client.subscribe(topic, qos=1)[1]] = topic
             self._cond.wait_for(lambda: self._refused is not None or self.ready, max(0.0, deadline - time.monotonic()))
             if self._refused is not None:
-                raise self._refused
+                refused = self._refused
+                if self.connected:  # a refused subscription: asked again next time
+                    self._refused = None
+                raise refused
             if not self.ready:
                 raise SyncTransient(self.last_error or f"broker {self.url}: not connected after {timeout:g} s")
 

@@ -279,3 +279,12 @@ def test_a_batch_over_the_brokers_maximum_packet_size_is_too_large(broker_factor
         t.send(Batch("gw-1", store.stream_id, [(i, os.urandom(1500).hex()[:-1] + "}", "0" * 64)
                                                 for i in range(1, 4)]))
     assert t.send(_batches(store, 2)[1]).stored == 3
+
+
+def test_without_paho_the_transport_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.uplink.mqtt as module
+
+    monkeypatch.setattr(module, "paho", None)
+    with pytest.raises(ConfigError) as info:
+        MqttTransport.from_config(uplink_config("mqtt://127.0.0.1:1"), "gw-1")
+    assert "pip install 'coldgate[mqtt]'" in info.value.report()
