@@ -271,7 +271,9 @@ class BrokerSession:
             missing = [t for t in self.subscriptions if t not in self._subscribed and t not in self._sub_mids.values()]
             if self.connected and missing:  # refused last time: ask again (the ACL may have been fixed since)
                 for topic in missing:
-                    self._sub_mids[self.client.subscribe(topic, qos=1)[1]] = topic
+                    rc, mid = self.client.subscribe(topic, qos=1)
+                    if mid is not None:
+                        self._sub_mids[mid] = topic
             self._cond.wait_for(lambda: self._refused is not None or self.ready, max(0.0, deadline - time.monotonic()))
             if self._refused is not None:
                 refused = self._refused
