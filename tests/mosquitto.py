@@ -188,8 +188,15 @@ class Responder:
                            self.wire.encode_answer(key, attempt, status, fields), qos=1)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        close_client(self.client)
+
+
+def close_client(client: Any) -> None:
+    """Disconnect a paho client, stop its thread and close its sockets (its wake-up socket
+    pair too, which paho otherwise leaves to the garbage collector)."""
+    client.disconnect()
+    client.loop_stop()
+    client._reset_sockets()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

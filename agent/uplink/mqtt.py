@@ -339,6 +339,11 @@ class BrokerSession:
             self.client.disconnect()
             if self._started:
                 self.client.loop_stop()
+            # paho closes its wake-up socket pair only when the client is garbage-collected
+            # (loop_stop leaves it open): close it now, so no socket outlives close()
+            reset = getattr(self.client, "_reset_sockets", None)
+            if reset is not None:
+                reset()
         except Exception as exc:  # noqa: BLE001 - closing must not fail
             log.debug("closing the MQTT session: %s", exc)
         self._started = False

@@ -288,3 +288,13 @@ def test_without_paho_the_transport_says_which_extra_to_install(monkeypatch: pyt
     with pytest.raises(ConfigError) as info:
         MqttTransport.from_config(uplink_config("mqtt://127.0.0.1:1"), "gw-1")
     assert "pip install 'coldgate[mqtt]'" in info.value.report()
+
+
+def test_a_missing_mosquitto_fails_the_mqtt_tests_saying_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a skip: CI without the broker must go red, with the fix in the message."""
+    import tests.mosquitto as helpers
+
+    monkeypatch.setattr(helpers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(helpers.Path, "exists", lambda self: False)
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y mosquitto"):
+        helpers.mosquitto_binary()

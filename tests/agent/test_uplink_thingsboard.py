@@ -29,7 +29,7 @@ from agent.timebase import rfc3339
 from agent.uplink.base import Batch
 from agent.uplink.mqtt import MqttTransport
 from agent.uplink.thingsboard import ThingsBoardTransport, to_thingsboard, ts_ms
-from tests.mosquitto import Mosquitto, uplink_config, wait_until
+from tests.mosquitto import Mosquitto, close_client, uplink_config, wait_until
 
 TOKEN = "A1_TEST_TOKEN"
 T0 = 1_795_000_000.125
@@ -111,8 +111,7 @@ class ThingsBoardStandIn:
         assert self._ready.wait(10)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        close_client(self.client)
 
 
 def _check_documented_shape(topic: str, doc: Any) -> None:

@@ -25,7 +25,7 @@ from agent.store import Store
 from agent.uplink import mqtt_wire as wire
 from agent.uplink.base import Batch
 from agent.uplink.mqtt import MqttTransport
-from tests.mosquitto import Mosquitto, reading, uplink_config, wait_until
+from tests.mosquitto import Mosquitto, close_client, reading, uplink_config, wait_until
 
 
 @pytest.fixture
@@ -96,8 +96,7 @@ class Listener:
         self.client.publish(topic, payload, qos=1).wait_for_publish(5)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        close_client(self.client)
 
 
 def test_a_batch_is_committed_before_its_answer_is_published(broker: Mosquitto, store: Store, tmp_path: Path,
