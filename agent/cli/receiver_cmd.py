@@ -145,7 +145,7 @@ def _consumer(args: argparse.Namespace, receiver: Any) -> Any:
 
     try:
         from agent.receiver.mqtt import MqttConsumer
-        from agent.uplink.mqtt import tls_context
+        from agent.uplink.mqtt_session import tls_context
         from agent.uplink.mqtt_wire import parse_broker_url
 
         url = parse_broker_url(args.mqtt)

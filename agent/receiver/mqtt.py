@@ -35,7 +35,7 @@ from typing import Any
 from agent.exc import SyncError
 from agent.receiver import Receiver, validate
 from agent.uplink import mqtt_wire as wire
-from agent.uplink.mqtt import BrokerSession
+from agent.uplink.mqtt_session import BrokerSession
 
 log = logging.getLogger("agent.receiver")
 
