@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -115,24 +114,22 @@ class MqttTransport:
             self._waiting, self._answer = (batch.key, attempt), None
         try:
             mid = session.publish(self.topic, payload, props)
-            deadline = time.monotonic() + self.mqtt.answer_timeout_s
-            while True:
-                got = session.wait(lambda: self._answer is not None or session.puback(mid) not in (None, 0),
-                                   max(0.0, deadline - time.monotonic()))
-                if self._answer is not None:
-                    return wire.interpret(self._answer, batch)
-                code = session.puback(mid)
-                if got and code == _NO_MATCHING_SUBSCRIBERS:
-                    raise SyncTransient(f"no consumer is subscribed to {self.topic} on {session.url}: "
-                                        "batch not acknowledged, kept for later")
-                if got and code == _PACKET_TOO_LARGE:
-                    raise SyncTooLarge(f"broker refused batch {batch.first}-{batch.last}: packet too large", status=413)
-                if got and code is not None:
-                    raise refusal(puback_reason(code), f"broker {session.url} refused batch {batch.first}-{batch.last}")
-                if not got:
-                    took = "took it" if session.puback(mid) == 0 else "did not confirm it"
-                    raise SyncTransient(f"no answer from the consumer within {self.mqtt.answer_timeout_s:g} s "
-                                        f"(the broker {took}): batch {batch.first}-{batch.last} kept for a resend")
+            # until the answer, a refusing PUBACK, or the timeout (a PUBACK saying "taken" is no answer)
+            got = session.wait(lambda: self._answer is not None or session.puback(mid) not in (None, 0),
+                               self.mqtt.answer_timeout_s)
+            if self._answer is not None:
+                return wire.interpret(self._answer, batch)
+            code = session.puback(mid)
+            if not got or code is None:
+                took = "took it" if code == 0 else "did not confirm it"
+                raise SyncTransient(f"no answer from the consumer within {self.mqtt.answer_timeout_s:g} s "
+                                    f"(the broker {took}): batch {batch.first}-{batch.last} kept for a resend")
+            if code == _NO_MATCHING_SUBSCRIBERS:
+                raise SyncTransient(f"no consumer is subscribed to {self.topic} on {session.url}: "
+                                    "batch not acknowledged, kept for later")
+            if code == _PACKET_TOO_LARGE:
+                raise SyncTooLarge(f"broker refused batch {batch.first}-{batch.last}: packet too large", status=413)
+            raise refusal(puback_reason(code), f"broker {session.url} refused batch {batch.first}-{batch.last}")
         finally:
             with session.condition:
                 self._waiting = None
