@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict, ValidationError, field_validator, model_validator
 
 from agent.exc import ConfigError, ConfigProblem
 from agent.rules.config import RulesConfig
@@ -82,7 +82,99 @@ class StoreConfig(Model):
     )
 
 
+class ThingsBoardConfig(Model):
+    """``[uplink.mqtt.thingsboard]``: how records map onto a ThingsBoard gateway device (docs/mqtt.md)."""
+
+    device_name: str = Field(
+        default="{gateway_id}.{sensor_id}",
+        description="ThingsBoard device name of a sensor; may use {gateway_id} and {sensor_id}",
+    )
+    device_type: str | None = Field(default=None, description="device profile for new devices (default profile: none)")
+    max_payload_bytes: int = Field(
+        default=65_536, ge=1024, description="largest message the server takes (ThingsBoard's default: 64 KiB)"
+    )
+
+    @field_validator("device_name")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        try:
+            name = v.format(gateway_id="g", sensor_id="s")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"may use only {{gateway_id}} and {{sensor_id}} ({exc})") from None
+        if "{sensor_id}" not in v or not name.strip():
+            raise ValueError("must contain {sensor_id}: each sensor is its own ThingsBoard device")
+        return v
+
+
+class MqttConfig(Model):
+    """``[uplink.mqtt]``: the MQTT transport (``uplink.transport = "mqtt"``); see docs/mqtt.md."""
+
+    broker: str = Field(description="mqtt://host[:port] or mqtts://host[:port] (TLS: uplink.ca_bundle, client_cert)")
+    prefix: str = Field(default="coldgate", description="topic prefix: <prefix>/<gateway_id>/batches and /acks")
+    client_id: str | None = Field(default=None, description="MQTT client id (default: coldgate-<gateway_id>)")
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT version; 3.1.1 for brokers without 5")
+    qos: Literal[1] = Field(default=1, description="always 1: a batch is published at least once")
+    keepalive_s: int = Field(default=60, ge=5, le=3600)
+    session_expiry_s: int = Field(
+        default=86_400, ge=0, le=4_294_967_295,
+        description="how long the broker keeps this gateway's session (its answers) while it is offline",
+    )
+    message_expiry_s: int = Field(
+        default=300, ge=10, le=4_294_967_295,
+        description="how long the broker keeps a batch no consumer has taken (the gateway resends anyway)",
+    )
+    username: str | None = Field(default=None, description="MQTT username (default: the gateway id)")
+    password: SecretStr | None = Field(default=None, description="MQTT password (prefer password_file)")
+    password_file: ConfigPath | None = Field(default=None, description="file holding the MQTT password; mode 0600 or 0400")
+    token_file: ConfigPath | None = Field(
+        default=None, description="file holding an access token sent as the username (ThingsBoard); mode 0600"
+    )
+    answer_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="wait this long for the consumer's answer, then resend later"
+    )
+    format: Literal["coldgate", "thingsboard"] = Field(
+        default="coldgate", description="coldgate: batches to coldgate consumers; thingsboard: a ThingsBoard gateway"
+    )
+    thingsboard: ThingsBoardConfig = ThingsBoardConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials_in_url(cls, data: Any) -> Any:
+        # Refused here, on the whole table, because a field's error would quote the value.
+        if isinstance(data, dict) and isinstance(data.get("broker"), str) and "@" in data["broker"]:
+            raise ValueError("broker must not carry credentials; use username and password_file")
+        return data
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        from agent.uplink.mqtt_wire import parse_broker_url
+
+        return str(parse_broker_url(v))
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        from agent.uplink.mqtt_wire import check_prefix
+
+        return check_prefix(v)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if self.token_file is not None and (self.username or self.password or self.password_file):
+            raise ValueError("token_file is the username: give it alone, or username with a password")
+        if self.message_expiry_s <= self.answer_timeout_s:
+            raise ValueError("message_expiry_s must be longer than answer_timeout_s")
+        return self
+
+
 class UplinkConfig(Model):
+    transport: Literal["http", "mqtt"] = Field(
+        default="http", description="http: POST to uplink.url; mqtt: publish to [uplink.mqtt] broker"
+    )
+    mqtt: MqttConfig | None = Field(default=None, description="the MQTT transport's settings (docs/mqtt.md)")
     url: str | None = Field(default=None, description="base URL of the central endpoint; none = buffer only")
     token: SecretStr | None = Field(default=None, description="bearer token (prefer token_file)")
     token_file: ConfigPath | None = Field(default=None, description="file holding the bearer token; mode 0600 or 0400")
@@ -107,6 +199,12 @@ class UplinkConfig(Model):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http:// or https:// URL with a host")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _transport(self) -> UplinkConfig:
+        if self.transport == "mqtt" and self.mqtt is None:
+            raise ValueError("transport = 'mqtt' needs an [uplink.mqtt] table with a broker")
+        return self
 
     def masked_url(self) -> str | None:
         if self.url is None:
@@ -437,6 +535,11 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     up = config.uplink
     updates = {k: fix(getattr(up, k)) for k in ("token_file", "ca_bundle", "client_cert", "client_key") if getattr(up, k) is not None and not getattr(up, k).is_absolute()}
     uplink = up.model_copy(update=updates) if updates else up
+    if up.mqtt is not None:
+        mq = {k: fix(getattr(up.mqtt, k)) for k in ("password_file", "token_file")
+              if getattr(up.mqtt, k) is not None and not getattr(up.mqtt, k).is_absolute()}
+        if mq:
+            uplink = uplink.model_copy(update={"mqtt": up.mqtt.model_copy(update=mq)})
     return config.model_copy(update={"store": store, "uplink": uplink, "control": control})
 
 

@@ -139,7 +139,7 @@ class Agent:
     def _make_transport(self, config: Config) -> Callable[[], Transport] | None:
         if self._transport_factory is not None:
             return self._transport_factory
-        return transport_for(config.uplink)
+        return transport_for(config.uplink, config.gateway_id)
 
     async def _writer_call(self, fn: Callable[[], T], timeout: float = WRITER_ANSWER_S) -> T:
         """Run ``fn`` on the writer's thread (it owns the store, the ingest, the rules)."""

@@ -23,6 +23,7 @@ the demo, benches and field drills. A reference, NOT a production service: plain
 one SQLite file, one process.
 
   coldgate receiver --port 8080 --db rx.db            serve (until SIGTERM / Ctrl-C)
+  coldgate receiver --mqtt mqtt://broker:1883 --db rx.db   consume the MQTT uplink's batches
   coldgate receiver report --db rx.db [--json]        counts, gaps, chain breaks per stream
   coldgate receiver report --db rx.db --shipment ID --pdf FILE   a shipment's trip report from this copy
 """
@@ -30,7 +31,8 @@ one SQLite file, one process.
 FAULT_HELP = (
     "with --allow-faults: how the next batch request misbehaves, as JSON; repeat for the ones after. "
     'e.g. \'{"status": 500}\', \'{"status": 429, "retry_after": 2}\', \'{"delay_s": 5}\', '
-    '\'{"reset": true}\', \'{"drop_response": true}\', \'{"status": 503, "times": 10}\''
+    '\'{"reset": true}\', \'{"drop_response": true}\', \'{"exit_after_store": true}\', '
+    '\'{"status": 503, "times": 10}\''
 )
 
 
@@ -68,6 +70,20 @@ def register(sub: Any) -> None:
         help="enable fault injection (--fault, POST /v1/_faults); for tests and drills only",
     )
     serve.add_argument("--fault", action="append", default=[], metavar="JSON", help=FAULT_HELP)
+    mq = p.add_argument_group("mqtt (docs/mqtt.md): consume batches from a broker instead of serving HTTP")
+    mq.add_argument("--mqtt", metavar="URL", help="mqtt://host[:port] or mqtts://host[:port]: the broker to consume from")
+    mq.add_argument("--share-group", default="coldgate", metavar="NAME",
+                    help="shared subscription group: consumers of one group split the batches (default: coldgate)")
+    mq.add_argument("--prefix", default="coldgate", help="the gateways' topic prefix (default: coldgate)")
+    mq.add_argument("--client-id", metavar="ID", help="MQTT client id (default: one the broker assigns)")
+    mq.add_argument("--session-expiry", type=int, metavar="S",
+                    help="keep this consumer's session S s while it is away (needs --client-id; see docs/mqtt.md "
+                         "before using it with several consumers); default: a clean session")
+    mq.add_argument("--mqtt-username", metavar="U", help="MQTT username")
+    mq.add_argument("--mqtt-password-file", metavar="F", help="file holding the MQTT password (mode 0600)")
+    mq.add_argument("--ca-bundle", metavar="F", help="mqtts: CA bundle to verify the broker")
+    mq.add_argument("--client-cert", metavar="F", help="mqtts: client certificate (PEM) for mutual TLS")
+    mq.add_argument("--client-key", metavar="F", help="mqtts: client key (PEM)")
     rep = p.add_argument_group("report")
     rep.add_argument("--gateway", metavar="ID", help="only this gateway")
     rep.add_argument("--shipment", metavar="ID", help="the trip report of this shipment (with --pdf, --html or --json)")
@@ -127,5 +143,42 @@ def run(args: argparse.Namespace) -> int:
     with Receiver(
         args.db, token=_token(args), allow_faults=args.allow_faults, faults=_faults(args), max_body=args.max_body
     ) as receiver:
-        receiver.serve_forever(args.host, args.port)
+        if args.mqtt:
+            _consumer(args, receiver).serve_forever()
+        else:
+            receiver.serve_forever(args.host, args.port)
     return 0
+
+
+def _consumer(args: argparse.Namespace, receiver: Any) -> Any:
+    """The MQTT consumer the ``--mqtt`` options describe (paho is imported only here)."""
+    from agent.receiver import ReceiverError
+
+    try:
+        from agent.receiver.mqtt import MqttConsumer
+        from agent.uplink.mqtt_session import tls_context
+        from agent.uplink.mqtt_wire import parse_broker_url
+
+        url = parse_broker_url(args.mqtt)
+    except ImportError:
+        raise ReceiverError("--mqtt needs paho-mqtt: pip install 'coldgate[mqtt]'") from None
+    except ValueError as exc:
+        raise ReceiverError(f"--mqtt {args.mqtt!r}: {exc}") from None
+    if args.session_expiry is not None and not args.client_id:
+        raise ReceiverError("--session-expiry needs --client-id: a session is found again by its client id")
+    password = None
+    if args.mqtt_password_file:
+        from agent.config import check_secret_file
+
+        password = check_secret_file(Path(args.mqtt_password_file), "--mqtt-password-file")
+    tls = None
+    if url.tls:
+        tls = tls_context(Path(args.ca_bundle) if args.ca_bundle else None,
+                          Path(args.client_cert) if args.client_cert else None,
+                          Path(args.client_key) if args.client_key else None)
+    try:
+        return MqttConsumer(receiver, args.mqtt, prefix=args.prefix, share_group=args.share_group,
+                            client_id=args.client_id, session_expiry_s=args.session_expiry,
+                            username=args.mqtt_username, password=password, tls=tls)
+    except ValueError as exc:
+        raise ReceiverError(f"--prefix/--share-group: {exc}") from None

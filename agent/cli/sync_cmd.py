@@ -54,7 +54,7 @@ def _in_process(cfg: Any, retry_set_aside: bool) -> dict[str, Any]:
             if released["count"]:
                 store.append([stamper.event("set_aside_released", {"count": released["count"],
                                                                     "ranges": released["ranges"]})])
-        make = transport_for(cfg.uplink)
+        make = transport_for(cfg.uplink, store.gateway_id)
         loop = UplinkLoop(lambda: store, make, cfg.uplink, store.gateway_id, stamper,
                           lambda item: store.append([item]))
         try:

@@ -21,6 +21,10 @@ never do). A fault is a JSON object; the keys (combinable where it makes sense):
 ``{"drop_response": true}``
     store the batch durably, then close the connection without responding: the response
     is lost.
+``{"exit_after_store": true}``
+    store the batch durably, then the receiver process exits at once (status 70), before
+    answering: a receiver killed between its commit and its answer (for drills with a
+    supervisor that restarts it; the MQTT consumer and the HTTP server both honour it).
 ``"times": n``
     repeat this fault for the next ``n`` requests (default 1).
 """
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
-_KEYS = {"status", "retry_after", "http_date", "delay_s", "reset", "drop_response", "times"}
+_KEYS = {"status", "retry_after", "http_date", "delay_s", "reset", "drop_response", "exit_after_store", "times"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Fault:
     delay_s: float = 0.0
     reset: bool = False
     drop_response: bool = False
+    exit_after_store: bool = False
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> list[Fault]:
@@ -78,13 +83,14 @@ class Fault:
             delay_s=float(delay),
             reset=bool(spec.get("reset", False)),
             drop_response=bool(spec.get("drop_response", False)),
+            exit_after_store=bool(spec.get("exit_after_store", False)),
         )
-        if sum([fault.status is not None, fault.reset, fault.drop_response]) > 1:
-            raise ValueError("a fault has at most one of status, reset, drop_response")
+        if sum([fault.status is not None, fault.reset, fault.drop_response, fault.exit_after_store]) > 1:
+            raise ValueError("a fault has at most one of status, reset, drop_response, exit_after_store")
         if fault.retry_after is not None and fault.status is None:
             raise ValueError("retry_after needs a status (429 or 503, usually)")
         if fault == cls():
-            raise ValueError("an empty fault does nothing; give status, delay_s, reset or drop_response")
+            raise ValueError("an empty fault does nothing; give status, delay_s, reset, drop_response or exit_after_store")
         return [fault] * times
 
     def retry_after_header(self) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import socket
 import struct
 import threading
@@ -231,6 +232,9 @@ class BatchHandler(BaseHTTPRequestHandler):
             self._send_json(exc.status, exc.as_json())
             return
         result = receiver.store_batch(batch)  # committed before anything is answered
+        if fault is not None and fault.exit_after_store:
+            log.warning("receiver: injected fault: exiting after the commit, before answering")
+            os._exit(70)
         if fault is not None and fault.drop_response:
             self._abort()
             return

@@ -11,7 +11,7 @@ from agent.uplink.loop import UplinkLoop, UplinkState
 
 def drain(store: Store, config: UplinkConfig, gateway_id: str = "gw") -> UplinkState:
     """Send what ``store`` holds through the configured transport; the state after the pass."""
-    loop = UplinkLoop(lambda: store, transport_for(config), config, gateway_id, Stamper(store.stamper.clock),
+    loop = UplinkLoop(lambda: store, transport_for(config, gateway_id), config, gateway_id, Stamper(store.stamper.clock),
                       lambda item: store.append([item]))
     try:
         return loop.drain()

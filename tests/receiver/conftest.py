@@ -16,6 +16,7 @@ import requests
 
 from agent.canonical import ZERO_HASH, canonical, record_hash
 from agent.receiver import Receiver
+from tests.mosquitto import broker, broker_factory  # noqa: F401 - a real Mosquitto per test
 
 GATEWAY = "gw-1"
 TS = "2026-11-23T08:15:02.125Z"
