@@ -159,7 +159,11 @@ class AgentProcess:
         self.log = config.parent / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> AgentProcess:
+    def start_unready(self) -> AgentProcess:
+        """Start, and return once it answers on its socket (its store may not be usable)."""
+        return self.start(wait_store=False)
+
+    def start(self, *, wait_store: bool = True) -> AgentProcess:
         logf = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "agent", "run",
@@ -170,7 +174,8 @@ class AgentProcess:
         proc = self.proc
         wait_until(lambda: self.pid() == proc.pid or proc.poll() is not None, 20, "the agent")
         assert proc.poll() is None, f"agent exited with {proc.returncode}: {self.log.read_text()[-2000:]}"
-        wait_until(lambda: self.head() >= 1, 20, "the agent's store")
+        if wait_store:
+            wait_until(lambda: self.head() >= 1, 20, "the agent's store")
         return self
 
     def pid(self) -> int | None:
