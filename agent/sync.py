@@ -1,4 +1,4 @@
-"""The uplink client: batches out of the store, per PROTOCOL.md, at least once.
+"""The uplink client: batches out of the store, per ``docs/protocol.md``, at least once.
 
 :class:`Uplink` sends one batch (one HTTP request) and translates every answer into
 either a result or one of the :class:`~agent.exc.SyncError` subclasses, in one place.
@@ -38,6 +38,7 @@ import requests
 from agent import __version__
 from agent.config import UplinkConfig, check_secret_file
 from agent.exc import AuthRefused, ConfigError, SyncError, SyncRejected, SyncTransient
+from agent.protocol import frame_batch, idempotency_key
 from agent.store import Store
 from agent.timebase import Clock, boot_id, rfc3339
 
@@ -116,12 +117,10 @@ class Uplink:
     def send(self, stream: str, batch: list[tuple[int, str, str]]) -> dict[str, Any]:
         """POST one batch; return the server's JSON answer or raise a SyncError."""
         first, last = batch[0][0], batch[-1][0]
-        records = ",".join(f'{body[:-1]},"hash":"{h}"}}' for _, body, h in batch)
-        head = json.dumps({"protocol": 1, "gateway_id": self.gateway_id, "sent_at": rfc3339(time.time())})
-        payload = f'{head[:-1]},"records":[{records}]}}'.encode()
+        payload = frame_batch(self.gateway_id, batch, sent_at=rfc3339(time.time()), config=None)
         headers = {
             "Content-Type": "application/json",
-            "Idempotency-Key": f"{self.gateway_id}:{stream}:{first}-{last}",
+            "Idempotency-Key": idempotency_key(self.gateway_id, stream, first, last),
         }
         if len(payload) > GZIP_OVER:
             payload = gzip.compress(payload, compresslevel=5)

@@ -17,7 +17,7 @@ from typing import Any
 from agent.cli.common import add_json_arg, emit
 
 DESCRIPTION = """\
-The reference receiver: the server side of the uplink protocol (PROTOCOL.md), for tests,
+The reference receiver: the server side of the uplink protocol (docs/protocol.md), for tests,
 the demo, benches and field drills. A reference, NOT a production service: plain HTTP,
 one SQLite file, one process.
 

@@ -1,4 +1,4 @@
-"""The reference receiver: the server side of PROTOCOL.md (``/work/shared/PROTOCOL.md``).
+"""The reference receiver: the server side of the uplink protocol (``docs/protocol.md``).
 
 **A reference, not a production service.** It shows what a central service must do with a
 fleet's batches and lets the agent's tests, demo and field drills run against something
@@ -105,7 +105,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.canonical import canonical, record_hash
+from agent.protocol import Uncanonical, canonical, record_hash
 from agent.receiver.faults import Fault, FaultPlan
 from agent.receiver.report import NOT_VERIFIED, VERIFIED, build_report, render_text
 from agent.receiver.store import ReceiverError, ReceiverStore
@@ -131,8 +131,8 @@ def _canonical_and_verified(record: Mapping[str, Any]) -> tuple[str, bool]:
     """The record without ``hash`` as canonical JSON (what the hash covers), and whether its hash matches."""
     body = {k: v for k, v in record.items() if k != "hash"}
     try:
-        canon = canonical(body)
-    except (TypeError, ValueError, OverflowError):  # content with no canonical form cannot verify
+        canon = canonical(body)  # rfc8785 itself: never the producer's fast path
+    except Uncanonical:  # content with no canonical form cannot verify
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False), False
     return canon.decode("utf-8"), record_hash(record["prev_hash"], canon) == record["hash"]
 

@@ -1,6 +1,6 @@
 """Turning a request body into a batch, or into the precise reason it is refused.
 
-Two kinds of refusal, as PROTOCOL.md's response table has them:
+Two kinds of refusal, as the answers table of ``docs/protocol.md`` has them:
 
 * :class:`Unparseable` (400): not gzip when it says so, not UTF-8, not JSON.
 * :class:`SchemaViolation` (422): JSON, but not a version-1 batch. It carries *every*
