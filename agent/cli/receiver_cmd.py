@@ -1,8 +1,10 @@
-"""``coldgate receiver``: run the reference receiver, or print its report.
+"""``coldgate receiver``: run the reference receiver, or print its report or fleet view.
 
-``coldgate receiver --port P --db FILE [--token T | --token-file F] [--allow-faults] [--fault JSON ...]``
-serves until SIGTERM/SIGINT; ``coldgate receiver report --db FILE [--gateway ID] [--json]``
-prints what it holds, one block per stream with its verdict.
+``coldgate receiver --port P --db FILE|URL [--token T | --token-file F | --gateways FILE]
+[--allow-faults] [--fault JSON ...]`` serves until SIGTERM/SIGINT;
+``coldgate receiver report --db … [--gateway ID] [--gateways FILE] [--json]`` prints what it
+holds, one block per stream with its verdict, and exits 1 unless every stream is verified;
+``coldgate receiver fleet --db … [--json]`` prints one line per gateway.
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ from agent.cli.common import add_json_arg, emit
 
 DESCRIPTION = """\
 The reference receiver: the server side of the uplink protocol (docs/protocol.md), for tests,
-the demo, benches and field drills. A reference, NOT a production service: plain HTTP,
-one SQLite file, one process.
+the demo, benches and field drills. A reference, NOT a production service: plain HTTP
+(put TLS in front), no rate limiting; a SQLite file or PostgreSQL (several receiver
+processes may share one PostgreSQL database).
 
-  coldgate receiver --port 8080 --db rx.db            serve (until SIGTERM / Ctrl-C)
-  coldgate receiver report --db rx.db [--json]        counts, gaps, chain breaks per stream
+  coldgate receiver --port 8080 --db rx.db                      serve (until SIGTERM / Ctrl-C)
+  coldgate receiver --db postgresql://rx@/coldgate --gateways gateways.toml
+  coldgate receiver report --db rx.db [--json]       counts, gaps, chain breaks, checkpoints per
+                                                     stream, re-verified; exit 1 unless verified
+  coldgate receiver fleet --db rx.db [--json]        per gateway: config, last batch, verdict, alarms
+
+--gateways FILE is the gateway registry (TOML): per gateway id its token (token_sha256 or
+token_file) and its Ed25519 public key for checkpoints; see agent/receiver/registry.py.
 """
 
 FAULT_HELP = (
@@ -42,17 +51,32 @@ def register(sub: Any) -> None:
     p.add_argument(
         "action",
         nargs="?",
-        choices=["serve", "report"],
+        choices=["serve", "report", "fleet"],
         default="serve",
-        help="serve (default) or print the report of --db",
+        help="serve (default), print the report of --db, or its fleet view",
     )
-    p.add_argument("--db", metavar="FILE", required=True, help="the receiver's SQLite database")
+    p.add_argument(
+        "--db", metavar="FILE|URL", required=True,
+        help="the receiver's database: a SQLite file, or postgresql://user@host/dbname",
+    )
+    p.add_argument(
+        "--gateways", metavar="FILE",
+        help="gateway registry (TOML): a token and a checkpoint public key per gateway id",
+    )
     serve = p.add_argument_group("serve")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default: 8080)")
     tok = serve.add_mutually_exclusive_group()
-    tok.add_argument("--token", metavar="T", help="require 'Authorization: Bearer T'")
+    tok.add_argument("--token", metavar="T", help="require 'Authorization: Bearer T' (one token for every gateway)")
     tok.add_argument("--token-file", metavar="F", help="read the required token from file F")
+    serve.add_argument(
+        "--read-timeout", type=float, default=30.0, metavar="S",
+        help="close a connection that sends nothing for S seconds (default: 30)",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=64, metavar="N",
+        help="connections served at once; one more gets 503 (default: 64)",
+    )
     serve.add_argument(
         "--max-body",
         type=int,
@@ -103,18 +127,35 @@ def _faults(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.receiver import Receiver, render_text
+    from agent.receiver import VERIFIED, Receiver, render_fleet, render_text
 
     if args.action == "report":
-        with Receiver(args.db, create=False) as receiver:
-            emit(args, receiver.report(args.gateway), render_text)
+        with Receiver(args.db, gateways=args.gateways, create=False) as receiver:
+            report = receiver.report(args.gateway)
+            emit(args, report, render_text)
+        verdicts = [g["verdict"] for g in report["gateways"].values()]
+        return 0 if verdicts and all(v == VERIFIED for v in verdicts) else 1
+    if args.action == "fleet":
+        with Receiver(args.db, gateways=args.gateways, create=False) as receiver:
+            emit(args, receiver.fleet(), render_fleet)
         return 0
     if args.json or args.gateway:
-        args._parser.error("--json and --gateway go with 'report'")
+        args._parser.error("--json and --gateway go with 'report' and 'fleet'")
+    if args.gateways and (args.token or args.token_file):
+        args._parser.error("--gateways gives each gateway its token: not with --token/--token-file")
+    if args.read_timeout <= 0 or args.max_connections < 1:
+        args._parser.error("--read-timeout must be > 0 and --max-connections >= 1")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("agent.receiver").setLevel(logging.INFO)
     with Receiver(
-        args.db, token=_token(args), allow_faults=args.allow_faults, faults=_faults(args), max_body=args.max_body
+        args.db,
+        token=_token(args),
+        gateways=args.gateways,
+        allow_faults=args.allow_faults,
+        faults=_faults(args),
+        max_body=args.max_body,
+        read_timeout=args.read_timeout,
+        max_connections=args.max_connections,
     ) as receiver:
         receiver.serve_forever(args.host, args.port)
     return 0
