@@ -190,6 +190,18 @@ class PgStorage(SqlStorage):
         with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             yield cur
 
+    def _insert_records(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
+        """One statement for the whole batch: the columns as arrays, unnested by the server."""
+        cols = list(zip(*rows, strict=True))
+        types = ("text", "text", "bigint", "text", "text", "text", "text", "text", "text", "text", "text", "boolean",
+                 "boolean", "text", "text")
+        cur.execute(
+            "INSERT INTO records (gateway_id, stream, seq, type, event, alarm_id, state, ts, time_quality, prev_hash,"
+            " hash, hash_ok, link_ok, received_at, body) SELECT * FROM unnest("
+            + ", ".join(f"%s::{t}[]" for t in types) + ")",
+            [list(c) for c in cols],
+        )
+
     def _lock_stream(self, cur: Cursor, gateway_id: str, stream: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{gateway_id}\x1f{stream}",))
 

@@ -118,8 +118,8 @@ class BatchHandler(BaseHTTPRequestHandler):
     # -- plumbing ---------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.timeout = self.server.receiver.read_timeout  # StreamRequestHandler applies it to the socket
         super().setup()
+        self.connection.settimeout(self.server.receiver.read_timeout)  # every read waits at most this
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)

@@ -155,45 +155,50 @@ class SqlStorage:
         seqs = [int(r["seq"]) for r in records]
         with self._transaction() as cur:
             self._lock_stream(cur, gateway_id, stream)
-            existing: dict[int, str] = {}
-            for i in range(0, len(seqs), 500):
-                where, params = self._seq_in(seqs[i : i + 500])
-                cur.execute(
-                    self._sql(f"SELECT seq, hash FROM records WHERE gateway_id=? AND stream=? AND {where}"),
-                    [gateway_id, stream, *params],
-                )
-                existing.update(cur.fetchall())
-            new_rows: list[tuple[Any, ...]] = []
+            # what is stored of these seqs and of their neighbours: one look serves both the
+            # idempotency check and the links at the batch's edges
+            held = self._held(cur, gateway_id, stream, seqs)
+            hashes = {seq: h for seq, (h, _) in held.items()}  # each seq's stored hash, once committed
+            new_rows: list[list[Any]] = []
+            new: list[Mapping[str, Any]] = []
             conflict_rows: list[tuple[Any, ...]] = []
             duplicates = 0
             for r, (body, ok) in zip(records, checked, strict=True):
                 seq = int(r["seq"])
-                stored = existing.get(seq)
+                stored = hashes.get(seq)
                 if stored is None:
+                    hashes[seq] = r["hash"]
+                    new.append(r)
                     kind = r["type"]
                     new_rows.append(
-                        (
+                        [
                             gateway_id, stream, seq, kind,
                             r.get("event") if kind == "event" else None,
                             r.get("alarm_id") if kind == "alarm" else None,
                             r.get("state") if kind == "alarm" else None,
-                            r["ts"], r["time_quality"], r["prev_hash"], r["hash"], ok, now, body,
-                        )
+                            r["ts"], r["time_quality"], r["prev_hash"], r["hash"], ok, None, now, body,
+                        ]
                     )
-                    existing[seq] = r["hash"]  # a seq twice in one batch is refused earlier; belt and braces
                 elif stored == r["hash"]:
                     duplicates += 1
                 else:
                     conflict_rows.append((gateway_id, stream, seq, r["hash"], now, now, body))
+            # the link into each new record, where its predecessor is known (stored, or in this batch)
+            for row, r in zip(new_rows, new, strict=True):
+                seq = row[2]
+                pred = ZERO_HASH if seq == 1 else hashes.get(seq - 1)
+                row[12] = None if pred is None else r["prev_hash"] == pred
+            # the link out of each new record to a successor stored earlier and not judged until now
+            later = [(int(r["seq"]) + 1, r["hash"]) for r in new
+                     if int(r["seq"]) + 1 in held and held[int(r["seq"]) + 1][1] is None]
             if new_rows:
-                cur.executemany(
-                    self._sql(
-                        "INSERT INTO records (gateway_id, stream, seq, type, event, alarm_id, state, ts, time_quality,"
-                        " prev_hash, hash, hash_ok, received_at, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    ),
-                    new_rows,
+                self._insert_records(cur, [tuple(row) for row in new_rows])
+            for succ, h in later:
+                cur.execute(
+                    self._sql("UPDATE records SET link_ok = (prev_hash = ?) WHERE gateway_id = ? AND stream = ?"
+                              " AND seq = ? AND link_ok IS NULL"),
+                    (h, gateway_id, stream, succ),
                 )
-                self._check_links(cur, gateway_id, stream, [row[2] for row in new_rows])
             if conflict_rows:
                 cur.executemany(
                     self._sql(
@@ -214,23 +219,35 @@ class SqlStorage:
             self._note_gateway(cur, gateway_id, now, sent_at, config)
         return {"stored": len(new_rows), "duplicates": duplicates, "conflicts": len(conflict_rows)}
 
-    def _check_links(self, cur: Cursor, gateway_id: str, stream: str, new: Sequence[int]) -> None:
-        """Judge every link that now has both ends: into each new record, and out of it to its successor."""
-        todo = sorted(set(new) | {s + 1 for s in new})
-        pred = (
-            "(SELECT p.hash FROM records p WHERE p.gateway_id = records.gateway_id AND p.stream = records.stream"
-            " AND p.seq = records.seq - 1)"
-        )
-        for i in range(0, len(todo), 500):
-            where, params = self._seq_in(todo[i : i + 500])
+    def _held(self, cur: Cursor, gateway_id: str, stream: str, seqs: Sequence[int]) -> dict[int, tuple[str, Any]]:
+        """``{seq: (hash, link_ok)}`` of what is stored of ``seqs`` and their neighbours (``seq ± 1``)."""
+        lo, hi = min(seqs) - 1, max(seqs) + 1
+        if hi - lo <= 4 * len(seqs):  # a run, the usual batch: one range scan of the key
             cur.execute(
-                self._sql(
-                    f"UPDATE records SET link_ok = CASE WHEN seq = 1 THEN prev_hash = ? ELSE prev_hash = {pred} END"
-                    f" WHERE gateway_id = ? AND stream = ? AND {where} AND link_ok IS NULL"
-                    f" AND (seq = 1 OR {pred} IS NOT NULL)"
-                ),
-                [ZERO_HASH, gateway_id, stream, *params],
+                self._sql("SELECT seq, hash, link_ok FROM records WHERE gateway_id = ? AND stream = ?"
+                          " AND seq BETWEEN ? AND ?"),
+                (gateway_id, stream, lo, hi),
             )
+            return {seq: (h, link) for seq, h, link in cur.fetchall()}
+        probe = sorted({s + d for s in seqs for d in (-1, 0, 1)})
+        out: dict[int, tuple[str, Any]] = {}
+        for i in range(0, len(probe), 500):
+            where, params = self._seq_in(probe[i : i + 500])
+            cur.execute(
+                self._sql(f"SELECT seq, hash, link_ok FROM records WHERE gateway_id = ? AND stream = ? AND {where}"),
+                [gateway_id, stream, *params],
+            )
+            out.update((seq, (h, link)) for seq, h, link in cur.fetchall())
+        return out
+
+    def _insert_records(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
+        cur.executemany(
+            self._sql(
+                "INSERT INTO records (gateway_id, stream, seq, type, event, alarm_id, state, ts, time_quality,"
+                " prev_hash, hash, hash_ok, link_ok, received_at, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            ),
+            rows,
+        )
 
     def _note_gateway(
         self, cur: Cursor, gateway_id: str, now: str, sent_at: str | None, config: Mapping[str, Any] | None

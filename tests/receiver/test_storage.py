@@ -149,3 +149,16 @@ def test_a_version_1_sqlite_database_migrates_and_keeps_its_records(tmp_path: An
     with Receiver(path) as rx:
         assert rx.store._query("PRAGMA user_version")[0][0] == 2  # type: ignore[attr-defined]
         assert [a["alarm_id"] for a in rx.fleet()["gateways"][GATEWAY]["active_alarms"]] == ["a-1"]
+
+
+def test_links_of_a_batch_sent_ahead_of_a_backlog_are_judged_when_the_backlog_arrives(db: str) -> None:
+    chain = Chain()
+    recs = chain.readings(60)
+    recs[40] = {**recs[40], "prev_hash": "b" * 64}  # breaks 40 -> 41
+    with Receiver(db) as rx:
+        rx.store_batch(_batch([recs[1], recs[40], recs[59]]))  # seqs 2, 41, 60: far apart
+        rx.store_batch(_batch(recs[:1] + recs[2:40]))
+        rx.store_batch(_batch(recs[41:59]))
+        unjudged = rx.store._query("SELECT count(*) FROM records WHERE link_ok IS NULL")  # type: ignore[attr-defined]
+        broken = rx.store._query("SELECT seq FROM records WHERE link_ok = ?", (False,))  # type: ignore[attr-defined]
+        assert unjudged == [(0,)] and broken == [(41,)]
