@@ -11,6 +11,7 @@ own is here:
 * ``synchronous_commit`` is left on: a batch is durable before it is answered;
 * migrations are versioned in ``coldgate_schema`` and run under an advisory lock, so
   receivers starting together migrate once;
+* a batch's new records go in by ``COPY`` (under the stream's lock they are known to be new);
 * a small pool of connections, one per concurrent request, re-opened after an error;
 * SHA-256 for re-verification is the server's ``sha256()`` (PostgreSQL 11+).
 
@@ -191,16 +192,13 @@ class PgStorage(SqlStorage):
             yield cur
 
     def _insert_records(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
-        """One statement for the whole batch: the columns as arrays, unnested by the server."""
-        cols = list(zip(*rows, strict=True))
-        types = ("text", "text", "bigint", "text", "text", "text", "text", "text", "text", "text", "text", "boolean",
-                 "boolean", "text", "text")
-        cur.execute(
-            "INSERT INTO records (gateway_id, stream, seq, type, event, alarm_id, state, ts, time_quality, prev_hash,"
-            " hash, hash_ok, link_ok, received_at, body) SELECT * FROM unnest("
-            + ", ".join(f"%s::{t}[]" for t in types) + ")",
-            [list(c) for c in cols],
-        )
+        """COPY the batch's new rows: the fastest way in, and safe: under the stream's lock they are new."""
+        with cur.copy(  # type: ignore[attr-defined]
+            "COPY records (gateway_id, stream, seq, type, event, alarm_id, state, ts, time_quality, prev_hash,"
+            " hash, hash_ok, link_ok, received_at, body) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _lock_stream(self, cur: Cursor, gateway_id: str, stream: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{gateway_id}\x1f{stream}",))
