@@ -183,8 +183,8 @@ def _canonical_and_verified(record: Mapping[str, Any]) -> tuple[str, bool]:
     body = {k: v for k, v in record.items() if k != "hash"}
     try:
         canon = canonical(body)  # rfc8785 itself: never the producer's fast path
-    except Uncanonical:  # content with no canonical form cannot verify
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False), False
+    except Uncanonical:  # content with no canonical form (a lone surrogate, 2**60…) cannot verify
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True), False
     return canon.decode("utf-8"), record_hash(record["prev_hash"], canon) == record["hash"]
 
 

@@ -152,7 +152,9 @@ def _is_number(v: Any) -> bool:
 
 
 def _nonempty_str(v: Any) -> bool:
-    return isinstance(v, str) and bool(v)
+    """A non-empty string of printable characters: no NUL (which PostgreSQL text cannot hold), no
+    control characters, no lone surrogates (which no UTF-8 column can hold) in an id."""
+    return isinstance(v, str) and bool(v) and v.isprintable()
 
 
 _COMMON = frozenset({"stream", "seq", "type", "ts", "time_quality", "prev_hash", "hash"})
@@ -168,6 +170,7 @@ def _quick_ok(r: Any) -> bool:
         type(seq) is int
         and seq >= 1
         and type(stream) is str
+        and stream.isprintable()
         and stream
         and r["time_quality"] in TIME_QUALITIES
         and type(ts) is str
@@ -177,7 +180,7 @@ def _quick_ok(r: Any) -> bool:
         and type(h) is str
         and HEX64.match(h)
         and type(r["value"]) in (int, float)
-        and all(type(r[k]) is str and r[k] for k in ("sensor_id", "quantity", "unit"))
+        and all(type(r[k]) is str and r[k] and r[k].isprintable() for k in ("sensor_id", "quantity", "unit"))
     )
 
 
@@ -193,7 +196,7 @@ def _check_record(i: int, r: Any, problems: list[str]) -> None:
         elif not ok:
             problems.append(f"{at}.{key}: must be {what}, not {r[key]!r}"[:200])
 
-    need("stream", _nonempty_str(r.get("stream")), "a non-empty string")
+    need("stream", _nonempty_str(r.get("stream")), "a non-empty printable string")
     need("seq", _is_int(r.get("seq")) and r.get("seq", 0) >= 1, "an integer >= 1")
     need("type", r.get("type") in TYPES, "one of " + ", ".join(sorted(TYPES)))
     need(
@@ -210,13 +213,13 @@ def _check_record(i: int, r: Any, problems: list[str]) -> None:
     need("hash", isinstance(r.get("hash"), str) and bool(HEX64.match(r["hash"])), "64 lowercase hex digits")
     kind = r.get("type")
     if kind == "reading":
-        need("sensor_id", _nonempty_str(r.get("sensor_id")), "a non-empty string")
-        need("quantity", _nonempty_str(r.get("quantity")), "a non-empty string")
+        need("sensor_id", _nonempty_str(r.get("sensor_id")), "a non-empty printable string")
+        need("quantity", _nonempty_str(r.get("quantity")), "a non-empty printable string")
         need("value", _is_number(r.get("value")), "a number")
-        need("unit", _nonempty_str(r.get("unit")), "a non-empty string")
+        need("unit", _nonempty_str(r.get("unit")), "a non-empty printable string")
     elif kind == "alarm":
         for key in ("alarm_id", "rule", "sensor_id"):
-            need(key, _nonempty_str(r.get(key)), "a non-empty string")
+            need(key, _nonempty_str(r.get(key)), "a non-empty printable string")
         need("state", r.get("state") in ALARM_STATES, "one of " + ", ".join(sorted(ALARM_STATES)))
         need("severity", r.get("severity") in SEVERITIES, "one of " + ", ".join(sorted(SEVERITIES)))
         need(
@@ -225,7 +228,7 @@ def _check_record(i: int, r: Any, problems: list[str]) -> None:
             "an RFC 3339 UTC timestamp with milliseconds and Z",
         )
     elif kind == "event":
-        need("event", _nonempty_str(r.get("event")), "a non-empty string")
+        need("event", _nonempty_str(r.get("event")), "a non-empty printable string")
         need("details", isinstance(r.get("details"), dict), "an object")
 
 
@@ -243,7 +246,7 @@ def _check_config(cfg: Any, problems: list[str]) -> dict[str, Any] | None:
         return None
     version = cfg.get("version")
     if not (type(version) is int or _nonempty_str(version)):
-        problems.append(f"config.version: must be an integer or a non-empty string, not {version!r}"[:200])
+        problems.append(f"config.version: must be an integer or a non-empty printable string, not {version!r}"[:200])
     if not (isinstance(cfg.get("sha256"), str) and HEX64.match(cfg["sha256"])):
         problems.append("config.sha256: must be 64 lowercase hex digits")
     signer = cfg.get("signer")
@@ -263,7 +266,7 @@ def validate_batch(doc: Any, idempotency_key: str | None) -> Batch:
         problems.append(f"protocol: must be {PROTOCOL_VERSION}, not {doc.get('protocol')!r}"[:200])
     gateway_id = doc.get("gateway_id")
     if not _nonempty_str(gateway_id):
-        problems.append(f"gateway_id: must be a non-empty string, not {gateway_id!r}")
+        problems.append(f"gateway_id: must be a non-empty printable string, not {gateway_id!r}"[:200])
     sent_at = doc.get("sent_at")
     if not (isinstance(sent_at, str) and TIMESTAMP.match(sent_at)):
         problems.append(f"sent_at: must be an RFC 3339 UTC timestamp with milliseconds and Z, not {sent_at!r}")

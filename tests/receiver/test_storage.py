@@ -113,7 +113,7 @@ def test_a_malformed_config_member_is_a_422_problem() -> None:
     with pytest.raises(SchemaViolation) as err:
         validate_batch(body_of(recs, config={"version": True, "sha256": "x", "signer": 5}), key_of(recs))
     assert err.value.problems == [
-        "config.version: must be an integer or a non-empty string, not True",
+        "config.version: must be an integer or a non-empty printable string, not True",
         "config.sha256: must be 64 lowercase hex digits",
         "config.signer: must be a key id or null, not 5",
     ]
@@ -162,3 +162,21 @@ def test_links_of_a_batch_sent_ahead_of_a_backlog_are_judged_when_the_backlog_ar
         unjudged = rx.store._query("SELECT count(*) FROM records WHERE link_ok IS NULL")  # type: ignore[attr-defined]
         broken = rx.store._query("SELECT seq FROM records WHERE link_ok = ?", (False,))  # type: ignore[attr-defined]
         assert unjudged == [(0,)] and broken == [(41,)]
+
+
+def test_an_id_no_database_column_can_hold_is_a_422_and_content_with_no_canonical_form_is_stored_as_a_bad_hash(
+    db: str,
+) -> None:
+    from agent.receiver.validate import SchemaViolation
+
+    chain = Chain()
+    nul = chain.event("driver\x00error", {"x": 1})
+    with pytest.raises(SchemaViolation) as err:
+        validate_batch(body_of([nul]), key_of([nul]))
+    assert err.value.problems == ["records[0].event: must be a non-empty printable string, not 'driver\\x00error'"]
+    chain = Chain()
+    odd = {**chain.reading(), "label": "probe \ud800"}  # a lone surrogate: valid JSON, no UTF-8, no RFC 8785 form
+    with Receiver(db) as rx:
+        assert rx.store_batch(_batch([odd, chain.reading()]))["stored"] == 2  # kept as evidence, never refused
+        s = rx.report()["gateways"][GATEWAY]["streams"][chain.stream]
+        assert [(b["seq"], b["why"]) for b in s["chain_breaks"]] == [(1, "bad hash")]
