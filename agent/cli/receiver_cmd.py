@@ -29,6 +29,8 @@ processes may share one PostgreSQL database).
   coldgate receiver report --db rx.db [--json]       counts, gaps, chain breaks, checkpoints per
                                                      stream, re-verified; exit 1 unless verified
   coldgate receiver fleet --db rx.db [--json]        per gateway: config, last batch, verdict, alarms
+  coldgate receiver export --db rx.db --gateway ID   its records as JSON lines, as chained, for
+                                                     `coldgate verify` or an auditor
 
 --gateways FILE is the gateway registry (TOML): per gateway id its token (token_sha256 or
 token_file) and its Ed25519 public key for checkpoints; see agent/receiver/registry.py.
@@ -51,9 +53,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "action",
         nargs="?",
-        choices=["serve", "report", "fleet"],
+        choices=["serve", "report", "fleet", "export"],
         default="serve",
-        help="serve (default), print the report of --db, or its fleet view",
+        help="serve (default), print the report of --db, its fleet view, or export a gateway's records",
     )
     p.add_argument(
         "--db", metavar="FILE|URL", required=True,
@@ -91,7 +93,8 @@ def register(sub: Any) -> None:
     )
     serve.add_argument("--fault", action="append", default=[], metavar="JSON", help=FAULT_HELP)
     rep = p.add_argument_group("report")
-    rep.add_argument("--gateway", metavar="ID", help="only this gateway")
+    rep.add_argument("--gateway", metavar="ID", help="only this gateway (export: required)")
+    rep.add_argument("--stream", metavar="ID", help="export: only this stream")
     add_json_arg(rep)  # type: ignore[arg-type]
     p.set_defaults(func=run, _parser=p)
 
@@ -135,12 +138,19 @@ def run(args: argparse.Namespace) -> int:
             emit(args, report, render_text)
         verdicts = [g["verdict"] for g in report["gateways"].values()]
         return 0 if verdicts and all(v == VERIFIED for v in verdicts) else 1
+    if args.action == "export":
+        if not args.gateway:
+            args._parser.error("export needs --gateway")
+        with Receiver(args.db, create=False) as receiver:
+            for line in receiver.export(args.gateway, args.stream):
+                sys.stdout.write(line + "\n")
+        return 0
     if args.action == "fleet":
         with Receiver(args.db, gateways=args.gateways, create=False) as receiver:
             emit(args, receiver.fleet(), render_fleet)
         return 0
-    if args.json or args.gateway:
-        args._parser.error("--json and --gateway go with 'report' and 'fleet'")
+    if args.json or args.gateway or args.stream:
+        args._parser.error("--json, --gateway and --stream go with 'report', 'fleet' and 'export'")
     if args.gateways and (args.token or args.token_file):
         args._parser.error("--gateways gives each gateway its token: not with --token/--token-file")
     if args.read_timeout <= 0 or args.max_connections < 1:

@@ -17,7 +17,8 @@ Use::
     server.shutdown(); server.server_close(); receiver.close()
 
 or ``coldgate receiver --port 8080 --db rx.db`` (``coldgate receiver report --db rx.db``,
-``coldgate receiver fleet --db rx.db``). Other front ends (an MQTT consumer) take a batch
+``coldgate receiver fleet --db rx.db``, ``coldgate receiver export --db rx.db --gateway ID``
+for an auditor's copy that ``coldgate verify`` checks). Other front ends (an MQTT consumer) take a batch
 with :func:`agent.receiver.validate.validate_batch` and :meth:`Receiver.store_batch`, and
 check who sent it with :meth:`Receiver.gateway_for_token`.
 
@@ -141,7 +142,7 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -351,6 +352,10 @@ class Receiver:
         integral value (``25.0``) as the integer JSON writes it as (``25``), which compares equal.
         """
         return self.store.records(gateway_id, stream)
+
+    def export(self, gateway_id: str, stream: str | None = None) -> Iterator[str]:
+        """The gateway's records as JSON lines exactly as chained (for ``coldgate verify``, or an auditor)."""
+        return self.store.export_lines(gateway_id, stream)
 
     def report(self, gateway_id: str | None = None) -> dict[str, Any]:
         """The report documented in this module's docstring, re-verified now from the stored bytes."""

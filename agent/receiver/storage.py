@@ -85,6 +85,7 @@ class Storage(Protocol):
         sent_at: str | None = None,
     ) -> dict[str, int]: ...
     def records(self, gateway_id: str | None = None, stream: str | None = None) -> list[dict[str, Any]]: ...
+    def export_lines(self, gateway_id: str, stream: str | None = None) -> Iterator[str]: ...
     def streams(self, gateway_id: str | None = None) -> list[tuple[str, str]]: ...
     def stream_summary(self, gateway_id: str, stream: str) -> dict[str, Any]: ...
     def gaps(self, gateway_id: str, stream: str) -> list[list[int]]: ...
@@ -275,6 +276,22 @@ class SqlStorage:
             (gateway_id, gateway_id, stream, stream),
         )
         return [with_hash(b, h) for b, h in rows]
+
+    def export_lines(self, gateway_id: str, stream: str | None = None) -> Iterator[str]:
+        """One JSON line per record of the gateway (or one stream), exactly as chained: the stored
+        canonical bytes with ``"hash"`` spliced in, by stream and seq — what ``coldgate verify`` reads."""
+        last: tuple[str, int] = ("", 0)
+        while True:  # in pages, so a long history is never held whole
+            rows = self._query(
+                "SELECT stream, seq, body, hash FROM records WHERE gateway_id = ? AND (? IS NULL OR stream = ?)"
+                " AND (stream > ? OR (stream = ? AND seq > ?)) ORDER BY stream, seq LIMIT 5000",
+                (gateway_id, stream, stream, last[0], last[0], last[1]),
+            )
+            for _, _, body, h in rows:
+                yield f'{body[:-1]},"hash":"{h}"}}'
+            if len(rows) < 5000:
+                return
+            last = (rows[-1][0], rows[-1][1])
 
     def streams(self, gateway_id: str | None = None) -> list[tuple[str, str]]:
         """Every ``(gateway_id, stream)`` that has records or conflicts."""
