@@ -20,8 +20,8 @@ from agent.cli.common import add_json_arg, emit
 
 DESCRIPTION = """\
 The reference receiver: the server side of the uplink protocol (docs/protocol.md), for tests,
-the demo, benches and field drills. A reference, NOT a production service: plain HTTP
-(put TLS in front), no rate limiting; a SQLite file or PostgreSQL (several receiver
+the demo, benches and field drills. A reference, NOT a production service: HTTP, or HTTPS
+with --tls-cert/--tls-key (mutual TLS with --client-ca), no rate limiting; a SQLite file or PostgreSQL (several receiver
 processes may share one PostgreSQL database).
 
   coldgate receiver --port 8080 --db rx.db                      serve (until SIGTERM / Ctrl-C)
@@ -79,6 +79,12 @@ def register(sub: Any) -> None:
         "--max-connections", type=int, default=64, metavar="N",
         help="connections served at once; one more gets 503 (default: 64)",
     )
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, chain first)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--client-ca", metavar="FILE",
+        help="mutual TLS: require client certificates signed by this CA; a registry entry's certificate_cn names the gateway",
+    )
     serve.add_argument(
         "--max-body",
         type=int,
@@ -129,6 +135,28 @@ def _faults(args: argparse.Namespace) -> list[dict[str, Any]]:
     return specs
 
 
+def _tls(args: argparse.Namespace) -> Any:
+    """The server's TLS context from --tls-cert/--tls-key/--client-ca, or None for plain HTTP."""
+    import ssl
+
+    from agent.receiver import ReceiverError
+
+    if not (args.tls_cert or args.tls_key or args.client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ReceiverError("--tls-cert and --tls-key go together (and --client-ca needs both)")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(args.client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ReceiverError(f"cannot load the TLS certificate, key or client CA: {exc}") from None
+    return ctx
+
+
 def run(args: argparse.Namespace) -> int:
     from agent.receiver import VERIFIED, Receiver, render_fleet, render_text
 
@@ -166,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         read_timeout=args.read_timeout,
         max_connections=args.max_connections,
+        tls=_tls(args),
     ) as receiver:
         receiver.serve_forever(args.host, args.port)
     return 0

@@ -4,8 +4,8 @@
 PostgreSQL. It shows what a central service must do with a fleet's batches and lets the
 agent's tests, demo and field drills run against something real: per-gateway
 credentials, idempotent storage, hash-chain and checkpoint verification, and a report of
-counts, gaps and chain breaks per stream. It has no TLS (put a TLS proxy in front) and no
-rate limiting.
+counts, gaps and chain breaks per stream. It serves HTTP, or HTTPS with ``tls`` (mutual
+TLS: a client certificate names its gateway); it has no rate limiting.
 
 Use::
 
@@ -141,6 +141,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import ssl
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -211,6 +212,7 @@ class Receiver:
         max_body: int = DEFAULT_MAX_BODY,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        tls: ssl.SSLContext | None = None,
         create: bool = True,
     ) -> None:
         faults = list(faults)
@@ -225,6 +227,7 @@ class Receiver:
         self.max_body = max_body
         self.read_timeout = read_timeout
         self.max_connections = max_connections
+        self.tls = tls
         self.store: Storage = open_storage(db, create=create)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -298,6 +301,10 @@ class Receiver:
         if self.token is not None and hmac.compare_digest(token.encode(), self.token.encode()):
             return ANY_GATEWAY
         return None
+
+    def gateway_for_certificate(self, common_name: str) -> str | None:
+        """The gateway whose registry entry names this verified client certificate's common name, or None."""
+        return self.registry.gateway_for_cn(common_name) if self.registry is not None else None
 
     def public_key(self, gateway_id: str) -> bytes | None:
         """The gateway's registered checkpoint key, if any."""

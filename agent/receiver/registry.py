@@ -11,6 +11,9 @@
     token_file = "tokens/gw-0043"        # the token itself, mode 0600 (relative to this file)
     public_key_file = "keys/gw-0043.pub" # PEM, hex or base64
 
+    [gateways."gw-0044"]
+    certificate_cn = "gw-0044"           # mutual TLS: its client certificate's common name
+
 A token belongs to exactly one gateway: a batch whose ``gateway_id`` is not the token's
 is refused with 403, so one gateway cannot write another's stream first and turn the
 genuine records into conflicts. The registry holds no token in clear unless you give a
@@ -18,9 +21,10 @@ genuine records into conflicts. The registry holds no token in clear unless you 
 public key is what the report verifies ``chain_checkpoint`` signatures with; a gateway
 without one has its checkpoints reported as unchecked.
 
-Client certificates (mTLS) are not terminated by the reference receiver: put a TLS proxy
-in front that verifies them and forwards only gateways whose certificate matches, and
-keep a per-gateway token behind it.
+Mutual TLS: with ``--tls-cert``/``--tls-key``/``--client-ca``, a client certificate
+verified by the CA whose common name is an entry's ``certificate_cn`` identifies that
+gateway, with or without a token (a token sent as well must be the same gateway's). Behind
+a TLS proxy instead, keep a per-gateway token.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class _Entry(BaseModel):
     token_file: str | None = None
     public_key: str | None = None
     public_key_file: str | None = None
+    certificate_cn: str | None = Field(default=None, min_length=1)
 
 
 class _File(BaseModel):
@@ -59,6 +64,7 @@ class Gateway:
     gateway_id: str
     token_sha256: str | None
     public_key: bytes | None
+    certificate_cn: str | None = None
 
     @property
     def key_id(self) -> str | None:
@@ -76,7 +82,12 @@ class Registry:
         self.source = source
         self.gateways = {g.gateway_id: g for g in gateways}
         self._by_token: dict[str, str] = {}
+        self._by_cn: dict[str, str] = {}
         for g in gateways:
+            if g.certificate_cn is not None:
+                other_cn = self._by_cn.setdefault(g.certificate_cn, g.gateway_id)
+                if other_cn != g.gateway_id:
+                    raise ReceiverError(f"{source}: gateways {other_cn} and {g.gateway_id} have the same certificate_cn")
             if g.token_sha256 is None:
                 continue
             other = self._by_token.setdefault(g.token_sha256, g.gateway_id)
@@ -110,8 +121,10 @@ class Registry:
     @staticmethod
     def _entry(path: Path, gw: str, e: _Entry) -> Gateway:
         where = f"{path}: gateways.{gw}"
-        if (e.token_sha256 is None) == (e.token_file is None):
-            raise ReceiverError(f"{where}: give exactly one of token_sha256 and token_file")
+        if e.token_sha256 is not None and e.token_file is not None:
+            raise ReceiverError(f"{where}: give one of token_sha256 and token_file, not both")
+        if e.token_sha256 is None and e.token_file is None and e.certificate_cn is None:
+            raise ReceiverError(f"{where}: give a token (token_sha256 or token_file) or a certificate_cn")
         digest = e.token_sha256
         if e.token_file is not None:
             tf = path.parent / e.token_file
@@ -136,11 +149,15 @@ class Registry:
             raise ReceiverError(f"{where}: cannot read public_key_file: {exc.strerror}") from None
         except ProtocolError as exc:
             raise ReceiverError(f"{where}: {exc}") from None
-        return Gateway(gw, digest, key)
+        return Gateway(gw, digest, key, e.certificate_cn)
 
     def gateway_for(self, token: str) -> str | None:
         """The gateway the token belongs to, or None."""
         return self._by_token.get(token_sha256(token))
+
+    def gateway_for_cn(self, common_name: str) -> str | None:
+        """The gateway whose ``certificate_cn`` this is, or None."""
+        return self._by_cn.get(common_name)
 
     def public_key(self, gateway_id: str) -> bytes | None:
         g = self.gateways.get(gateway_id)

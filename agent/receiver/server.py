@@ -5,6 +5,10 @@ Routes: ``POST /v1/batches``, ``GET /v1/report[?gateway_id=]``, ``GET /v1/fleet`
 with keep-alive, so a draining gateway reuses its connection. Every response that is not
 a fault's dropped connection carries a JSON body.
 
+TLS (``tls`` on the :class:`Receiver`): the handshake runs in the connection's thread,
+under the read timeout; with a client CA, a verified client certificate whose common name
+is a registry entry's ``certificate_cn`` identifies that gateway (mutual TLS).
+
 Bounded against slow or hostile clients: every read on a connection waits at most
 ``read_timeout`` seconds (an idle keep-alive connection is closed after that too); at
 most ``max_connections`` are served at once and one more is answered 503 with
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +39,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.receiver")
 
 _DRAIN_LIMIT = 64 << 20  # bytes of an oversized body read and thrown away before answering 413
+
+
+def _common_name(cert: Any) -> str | None:
+    """The subject's commonName of a verified peer certificate (``getpeercert()``'s form)."""
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 class ReceiverHTTPServer(ThreadingHTTPServer):
@@ -55,6 +69,15 @@ class ReceiverHTTPServer(ThreadingHTTPServer):
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, BatchHandler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept; with TLS, wrap without the handshake, which the connection's own thread does
+        under the read timeout (a client that never completes it must not hold the accept loop)."""
+        sock, addr = self.socket.accept()
+        tls = self.receiver.tls
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
@@ -104,7 +127,7 @@ class ReceiverHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.receiver.tls is not None else 'http'}://{host}:{port}"
 
 
 class BatchHandler(BaseHTTPRequestHandler):
@@ -120,6 +143,19 @@ class BatchHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.receiver.read_timeout)  # every read waits at most this
+        self.peer_cn: str | None = None
+
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()
+            except (ssl.SSLError, OSError) as exc:  # timeouts included
+                log.warning("receiver: TLS handshake with %s failed: %s", self.client_address[0],
+                            getattr(exc, "reason", None) or exc)
+                self.close_connection = True
+                return
+            self.peer_cn = _common_name(self.connection.getpeercert())
+        super().handle()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)
@@ -182,11 +218,21 @@ class BatchHandler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _caller(self) -> str | None:
-        """Who is calling: a gateway id, ``"*"`` (shared token or none required); None after answering 401/403."""
+        """Who is calling: a gateway id, ``"*"`` (shared token or none required); None after answering 401/403.
+
+        A verified client certificate whose common name the registry knows names the gateway;
+        a token sent as well must then be the same gateway's.
+        """
         receiver = self.server.receiver
         if receiver.open:
             return "*"
         auth = self.headers.get("Authorization")
+        by_cert = receiver.gateway_for_certificate(self.peer_cn) if self.peer_cn else None
+        if by_cert is not None:
+            if auth and auth.startswith("Bearer ") and receiver.gateway_for_token(auth[7:].strip()) != by_cert:
+                self._send_json(403, {"error": "the token is not the client certificate's gateway's"})
+                return None
+            return by_cert
         if not auth or not auth.startswith("Bearer "):
             self._send_json(
                 401, {"error": "a Bearer token is required"}, {"WWW-Authenticate": 'Bearer realm="coldgate"'}

@@ -162,7 +162,7 @@ def test_a_batch_for_another_gateway_is_refused_with_403_and_its_stream_untouche
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({}, "exactly one of token_sha256 and token_file"),
+        ({}, "give a token \\(token_sha256 or token_file\\) or a certificate_cn"),
         ({"token_sha256": "ABC"}, "token_sha256"),
         ({"token_sha256": "a" * 64, "colour": "red"}, "colour"),
         ({"token_file": "loose.token"}, "readable by others: chmod 600"),
