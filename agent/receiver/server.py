@@ -324,9 +324,9 @@ class BatchHandler(BaseHTTPRequestHandler):
         if caller is None:
             return
         try:
-            body = validate.decode_body(raw, self.headers.get("Content-Encoding"), receiver.max_body)
-            validate.check_size(body)
-            batch = validate.validate_batch(validate.parse_json(body), self.headers.get("Idempotency-Key"))
+            batch = validate.read_batch(
+                raw, self.headers.get("Content-Encoding"), receiver.max_body, self.headers.get("Idempotency-Key")
+            )
         except validate.BodyError as exc:
             log.warning("receiver: %d from %s: %s %s", exc.status, self.address_string(), exc, exc.problems[:3])
             self._send_json(exc.status, exc.as_json())

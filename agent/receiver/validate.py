@@ -306,3 +306,14 @@ def validate_batch(doc: Any, idempotency_key: str | None) -> Batch:
     return Batch(
         gateway_id=str(gateway_id), stream=records[0]["stream"], records=records, config=config, sent_at=sent_at
     )
+
+
+def read_batch(raw: bytes, encoding: str | None, max_bytes: int, idempotency_key: str | None) -> Batch:
+    """Everything a front end does with a request body, in order: inflate under the limit, count
+    the values, parse, validate. Raises a :class:`BodyError` (400, 413 or 422) saying why not.
+
+    For every front end (HTTP, an MQTT consumer): the bounds then hold whichever way a batch came.
+    """
+    body = decode_body(raw, encoding, max_bytes)
+    check_size(body)
+    return validate_batch(parse_json(body), idempotency_key)
