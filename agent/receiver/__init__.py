@@ -18,9 +18,12 @@ Use::
 
 or ``coldgate receiver --port 8080 --db rx.db`` (``coldgate receiver report --db rx.db``,
 ``coldgate receiver fleet --db rx.db``, ``coldgate receiver export --db rx.db --gateway ID``
-for an auditor's copy that ``coldgate verify`` checks). Other front ends (an MQTT consumer) take a batch
-with :func:`agent.receiver.validate.validate_batch` and :meth:`Receiver.store_batch`, and
-check who sent it with :meth:`Receiver.gateway_for_token`.
+for an auditor's copy that ``coldgate verify`` checks). Other front ends (an MQTT consumer) take a body
+with :func:`agent.receiver.validate.read_batch` (or a parsed document with
+:func:`~agent.receiver.validate.validate_batch`), check who sent it
+(:meth:`Receiver.gateway_for_token`, :meth:`Receiver.gateway_for_certificate`; refuse a
+batch whose ``gateway_id`` is another's), then :meth:`Receiver.store_batch`, which raises
+:class:`StorageUnavailable` when the database cannot take it now (do not acknowledge).
 
 Storage (:mod:`agent.receiver.storage`): a SQLite file (the embedded default) or
 PostgreSQL (``--db postgresql://…``, any number of receiver processes on one database).
