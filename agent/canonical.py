@@ -1,6 +1,8 @@
-"""Canonical JSON (RFC 8785, JCS) and the record hash chain of PROTOCOL.md.
+"""The producer's fast canonical JSON (RFC 8785, JCS) for the record hash chain of ``docs/protocol.md``.
 
-``hash = SHA-256(prev_hash (hex, UTF-8) || JCS(record without "hash"))``.
+``hash = SHA-256(prev_hash (hex, UTF-8) || JCS(record without "hash"))``. The protocol
+itself (hashing, verification, framing) is :mod:`agent.protocol`; this module is only the
+store's hot path, and nothing verifies through it.
 
 :func:`canonical` uses the ``rfc8785`` library, except on a fast path for the records the
 agent writes at tens of thousands a second: flat objects of ASCII-keyed strings, ints,
@@ -12,7 +14,6 @@ against ``rfc8785`` on random records). Anything else takes the library.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -20,7 +21,9 @@ from typing import Any
 
 import rfc8785
 
-ZERO_HASH = "0" * 64
+from agent.protocol import ZERO_HASH, record_hash
+
+__all__ = ["ZERO_HASH", "NeedsLibrary", "canonical", "canonical_with", "record_hash", "scalar", "template", "verify"]
 
 _dumps_str = json.JSONEncoder(ensure_ascii=False).encode
 _BIG = 2**53
@@ -144,13 +147,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and obj.is_integer():
         return int(obj)
     return obj
-
-
-def record_hash(prev_hash: str, body: bytes) -> str:
-    """The ``hash`` of a record whose canonical form without ``hash`` is ``body``."""
-    h = hashlib.sha256(prev_hash.encode("ascii"))
-    h.update(body)
-    return h.hexdigest()
 
 
 def verify(record: Mapping[str, Any]) -> bool:

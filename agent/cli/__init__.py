@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli.decode_cmd",
     "agent.cli.demo_cmd",
     "agent.cli.receiver_cmd",
+    "agent.cli.verify_cmd",
     "agent.cli.serial_cmd",
     "agent.cli.ble_cmd",
     "agent.cli.rules_cmd",

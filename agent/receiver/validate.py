@@ -1,13 +1,20 @@
 """Turning a request body into a batch, or into the precise reason it is refused.
 
-Two kinds of refusal, as PROTOCOL.md's response table has them:
+Two kinds of refusal, as the answers table of ``docs/protocol.md`` has them:
 
 * :class:`Unparseable` (400): not gzip when it says so, not UTF-8, not JSON.
 * :class:`SchemaViolation` (422): JSON, but not a version-1 batch. It carries *every*
   problem found (up to a limit), each with its path, so a client author fixes them all
   at once.
-* :class:`TooLarge` (413): the body, once decompressed, is over the limit. Decompression
-  stops at the limit, so a small gzip bomb costs no more than a legitimate large batch.
+* :class:`TooLarge` (413): the body, once decompressed, is over the limit, or holds more
+  JSON values than a batch can (:data:`MAX_RECORDS` records of :data:`VALUES_PER_RECORD`
+  values on average). Decompression streams and stops at the limit, and the values are
+  counted on the bytes before anything is parsed, so a small gzip bomb costs no more
+  memory than a legitimate large batch (parsing 8 MiB of ``[{},{},…]`` would take 200 MB).
+
+Nesting deeper than :data:`agent.protocol.MAX_DEPTH` in a record is a 422 with its path,
+measured without recursion (700-deep ``details`` once dropped the connection with a
+traceback).
 
 A record whose ``hash`` does not match its content is *not* refused here: it is stored
 and reported as a chain break, because refusing it would hide the evidence.
@@ -21,7 +28,16 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from agent import protocol
+from agent.protocol import MAX_DEPTH, PROTOCOL_VERSION, depth
+
 MAX_PROBLEMS = 20
+#: records in one batch (the agent sends ``uplink.batch_size``, 500 by default)
+MAX_RECORDS = 5000
+#: JSON values per record, on average over a batch, counted as commas (conservatively)
+VALUES_PER_RECORD = 64
+#: objects and arrays per record, on average over a batch
+CONTAINERS_PER_RECORD = 16
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 TYPES = {"reading", "alarm", "event"}
@@ -65,6 +81,9 @@ class Batch:
     gateway_id: str
     stream: str
     records: list[dict[str, Any]]
+    #: the gateway's running config (``{"version", "sha256", "signer"}``), when it said
+    config: dict[str, Any] | None = None
+    sent_at: str | None = None
 
     @property
     def first_seq(self) -> int:
@@ -107,6 +126,14 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def check_size(body: bytes) -> None:
+    """Refuse (413) a body with more values than a batch can hold, before parsing allocates them."""
+    if body.count(b",") > VALUES_PER_RECORD * MAX_RECORDS:
+        raise TooLarge(f"body holds more JSON values than a batch may ({VALUES_PER_RECORD * MAX_RECORDS})")
+    if body.count(b"{") + body.count(b"[") > CONTAINERS_PER_RECORD * MAX_RECORDS:
+        raise TooLarge(f"body holds more objects and arrays than a batch may ({CONTAINERS_PER_RECORD * MAX_RECORDS})")
+
+
 def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_no_constants)
@@ -125,7 +152,9 @@ def _is_number(v: Any) -> bool:
 
 
 def _nonempty_str(v: Any) -> bool:
-    return isinstance(v, str) and bool(v)
+    """A non-empty string of printable characters: no NUL (which PostgreSQL text cannot hold), no
+    control characters, no lone surrogates (which no UTF-8 column can hold) in an id."""
+    return isinstance(v, str) and bool(v) and v.isprintable()
 
 
 _COMMON = frozenset({"stream", "seq", "type", "ts", "time_quality", "prev_hash", "hash"})
@@ -141,6 +170,7 @@ def _quick_ok(r: Any) -> bool:
         type(seq) is int
         and seq >= 1
         and type(stream) is str
+        and stream.isprintable()
         and stream
         and r["time_quality"] in TIME_QUALITIES
         and type(ts) is str
@@ -150,7 +180,7 @@ def _quick_ok(r: Any) -> bool:
         and type(h) is str
         and HEX64.match(h)
         and type(r["value"]) in (int, float)
-        and all(type(r[k]) is str and r[k] for k in ("sensor_id", "quantity", "unit"))
+        and all(type(r[k]) is str and r[k] and r[k].isprintable() for k in ("sensor_id", "quantity", "unit"))
     )
 
 
@@ -166,7 +196,7 @@ def _check_record(i: int, r: Any, problems: list[str]) -> None:
         elif not ok:
             problems.append(f"{at}.{key}: must be {what}, not {r[key]!r}"[:200])
 
-    need("stream", _nonempty_str(r.get("stream")), "a non-empty string")
+    need("stream", _nonempty_str(r.get("stream")), "a non-empty printable string")
     need("seq", _is_int(r.get("seq")) and r.get("seq", 0) >= 1, "an integer >= 1")
     need("type", r.get("type") in TYPES, "one of " + ", ".join(sorted(TYPES)))
     need(
@@ -183,13 +213,13 @@ def _check_record(i: int, r: Any, problems: list[str]) -> None:
     need("hash", isinstance(r.get("hash"), str) and bool(HEX64.match(r["hash"])), "64 lowercase hex digits")
     kind = r.get("type")
     if kind == "reading":
-        need("sensor_id", _nonempty_str(r.get("sensor_id")), "a non-empty string")
-        need("quantity", _nonempty_str(r.get("quantity")), "a non-empty string")
+        need("sensor_id", _nonempty_str(r.get("sensor_id")), "a non-empty printable string")
+        need("quantity", _nonempty_str(r.get("quantity")), "a non-empty printable string")
         need("value", _is_number(r.get("value")), "a number")
-        need("unit", _nonempty_str(r.get("unit")), "a non-empty string")
+        need("unit", _nonempty_str(r.get("unit")), "a non-empty printable string")
     elif kind == "alarm":
         for key in ("alarm_id", "rule", "sensor_id"):
-            need(key, _nonempty_str(r.get(key)), "a non-empty string")
+            need(key, _nonempty_str(r.get(key)), "a non-empty printable string")
         need("state", r.get("state") in ALARM_STATES, "one of " + ", ".join(sorted(ALARM_STATES)))
         need("severity", r.get("severity") in SEVERITIES, "one of " + ", ".join(sorted(SEVERITIES)))
         need(
@@ -198,8 +228,33 @@ def _check_record(i: int, r: Any, problems: list[str]) -> None:
             "an RFC 3339 UTC timestamp with milliseconds and Z",
         )
     elif kind == "event":
-        need("event", _nonempty_str(r.get("event")), "a non-empty string")
+        need("event", _nonempty_str(r.get("event")), "a non-empty printable string")
         need("details", isinstance(r.get("details"), dict), "an object")
+
+
+def _check_depth(i: int, r: dict[str, Any], problems: list[str]) -> None:
+    for key, v in r.items():
+        if type(v) in (dict, list) and depth(v) >= MAX_DEPTH:  # the record itself is one level
+            problems.append(f"records[{i}].{key}: objects and arrays nest deeper than {MAX_DEPTH}"[:200])
+
+
+def _check_config(cfg: Any, problems: list[str]) -> dict[str, Any] | None:
+    if cfg is None:
+        return None
+    if not isinstance(cfg, dict):
+        problems.append("config: must be an object {version, sha256, signer}")
+        return None
+    version = cfg.get("version")
+    if not (type(version) is int or _nonempty_str(version)):
+        problems.append(f"config.version: must be an integer or a non-empty printable string, not {version!r}"[:200])
+    if not (isinstance(cfg.get("sha256"), str) and HEX64.match(cfg["sha256"])):
+        problems.append("config.sha256: must be 64 lowercase hex digits")
+    signer = cfg.get("signer")
+    if signer is not None and not _nonempty_str(signer):
+        problems.append(f"config.signer: must be a key id or null, not {signer!r}"[:200])
+    if depth(cfg) > 2:
+        problems.append("config: nests too deep")
+    return cfg
 
 
 def validate_batch(doc: Any, idempotency_key: str | None) -> Batch:
@@ -207,22 +262,27 @@ def validate_batch(doc: Any, idempotency_key: str | None) -> Batch:
     problems: list[str] = []
     if not isinstance(doc, dict):
         raise SchemaViolation("body must be a JSON object", ["<root>: must be an object"])
-    if doc.get("protocol") != 1 or type(doc.get("protocol")) is not int:
-        problems.append(f"protocol: must be 1, not {doc.get('protocol')!r}")
+    if doc.get("protocol") != PROTOCOL_VERSION or type(doc.get("protocol")) is not int:
+        problems.append(f"protocol: must be {PROTOCOL_VERSION}, not {doc.get('protocol')!r}"[:200])
     gateway_id = doc.get("gateway_id")
     if not _nonempty_str(gateway_id):
-        problems.append(f"gateway_id: must be a non-empty string, not {gateway_id!r}")
+        problems.append(f"gateway_id: must be a non-empty printable string, not {gateway_id!r}"[:200])
     sent_at = doc.get("sent_at")
     if not (isinstance(sent_at, str) and TIMESTAMP.match(sent_at)):
         problems.append(f"sent_at: must be an RFC 3339 UTC timestamp with milliseconds and Z, not {sent_at!r}")
+    config = _check_config(doc.get("config"), problems)
     records = doc.get("records")
     if not isinstance(records, list) or not records:
         problems.append("records: must be a non-empty array")
         records = []
+    elif len(records) > MAX_RECORDS:
+        problems.append(f"records: {len(records)} in one batch, more than {MAX_RECORDS}")
+        records = []
     for i, r in enumerate(records):
-        if _quick_ok(r):
-            continue
-        _check_record(i, r, problems)
+        if not _quick_ok(r):
+            _check_record(i, r, problems)
+        if isinstance(r, dict) and any(type(v) in (dict, list) for v in r.values()):
+            _check_depth(i, r, problems)
         if len(problems) >= MAX_PROBLEMS:
             break
     if not problems:
@@ -236,11 +296,24 @@ def validate_batch(doc: Any, idempotency_key: str | None) -> Batch:
                 )
                 break
     if not problems:
-        expected = f"{gateway_id}:{records[0]['stream']}:{records[0]['seq']}-{records[-1]['seq']}"
+        expected = protocol.idempotency_key(str(gateway_id), records[0]["stream"], records[0]["seq"], records[-1]["seq"])
         if idempotency_key is None:
             problems.append(f"Idempotency-Key header: missing (expected {expected!r})")
         elif idempotency_key != expected:
             problems.append(f"Idempotency-Key header: {idempotency_key!r} does not match the records ({expected!r})")
     if problems:
         raise SchemaViolation(f"not a valid protocol 1 batch: {len(problems)} problem(s)", problems[:MAX_PROBLEMS])
-    return Batch(gateway_id=str(gateway_id), stream=records[0]["stream"], records=records)
+    return Batch(
+        gateway_id=str(gateway_id), stream=records[0]["stream"], records=records, config=config, sent_at=sent_at
+    )
+
+
+def read_batch(raw: bytes, encoding: str | None, max_bytes: int, idempotency_key: str | None) -> Batch:
+    """Everything a front end does with a request body, in order: inflate under the limit, count
+    the values, parse, validate. Raises a :class:`BodyError` (400, 413 or 422) saying why not.
+
+    For every front end (HTTP, an MQTT consumer): the bounds then hold whichever way a batch came.
+    """
+    body = decode_body(raw, encoding, max_bytes)
+    check_size(body)
+    return validate_batch(parse_json(body), idempotency_key)

@@ -51,7 +51,9 @@ class Batch:
     @property
     def key(self) -> str:
         """The Idempotency-Key: ``<gateway_id>:<stream>:<first>-<last>`` (docs/protocol.md)."""
-        return f"{self.gateway_id}:{self.stream}:{self.first}-{self.last}"
+        from agent.protocol import idempotency_key
+
+        return idempotency_key(self.gateway_id, self.stream, self.first, self.last)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -20,6 +20,7 @@ import requests
 from agent import __version__
 from agent.config import UplinkConfig, check_secret_file
 from agent.exc import AuthRefused, SyncRejected, SyncTooLarge, SyncTransient
+from agent.protocol import frame_batch
 from agent.timebase import rfc3339
 from agent.uplink.base import Answer, Batch
 
@@ -27,13 +28,8 @@ GZIP_OVER = 1024
 
 
 def frame(batch: Batch, sent_at: float) -> bytes:
-    """The request body: the records exactly as chained, with ``hash`` spliced in."""
-    records = ",".join(f'{body[:-1]},"hash":"{h}"}}' for _, body, h in batch.records)
-    head_fields: dict[str, object] = {"protocol": 1, "gateway_id": batch.gateway_id, "sent_at": rfc3339(sent_at)}
-    if batch.config is not None:
-        head_fields["config"] = dict(batch.config)
-    head = json.dumps(head_fields, separators=(",", ":"))
-    return f'{head[:-1]},"records":[{records}]}}'.encode()
+    """The request body (docs/protocol.md): the records exactly as chained, ``hash`` spliced in."""
+    return frame_batch(batch.gateway_id, batch.records, sent_at=rfc3339(sent_at), config=batch.config)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,9 +15,10 @@ from typing import Any
 import pytest
 import requests
 
-from agent.canonical import ZERO_HASH, canonical, record_hash
+from agent.protocol import ZERO_HASH, canonical, record_hash
 from agent.receiver import Receiver
 from tests.mosquitto import broker, broker_factory  # noqa: F401 - a real Mosquitto per test
+from tests.receiver import pg
 
 GATEWAY = "gw-1"
 TS = "2026-11-23T08:15:02.125Z"
@@ -171,8 +173,8 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     """``serve(**receiver_kwargs)`` starts a receiver on loopback; all are stopped and closed after the test."""
     started: list[Running] = []
 
-    def start(**kwargs: Any) -> Running:
-        running = Running(Receiver(tmp_path / f"rx{len(started)}.db", **kwargs))
+    def start(db: str | Path | None = None, **kwargs: Any) -> Running:
+        running = Running(Receiver(db or tmp_path / f"rx{len(started)}.db", **kwargs))
         started.append(running)
         return running
 
@@ -186,3 +188,30 @@ def serve(tmp_path: Path) -> Iterator[Any]:
 def rx(serve: Any) -> Running:
     """A receiver without token or faults."""
     return serve()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[Path]:
+    """One initdb per session, copied by each test's own server."""
+    root = pg.make_template()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(pg_template: Path) -> Iterator[pg.PostgresServer]:
+    """A PostgreSQL server of this test's own, on a free loopback port; stopped and removed after."""
+    server = pg.PostgresServer(pg_template)
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A receiver database of each backend: a SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "rx.db")
+    return str(request.getfixturevalue("postgres").url)

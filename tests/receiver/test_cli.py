@@ -78,7 +78,7 @@ def test_receiver_process_exits_0_on_sigint(tmp_path: Path) -> None:
     assert "SIGINT" in err and "Traceback" not in err
 
 
-def test_report_command_prints_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_command_prints_json_and_text_and_exits_1_unless_verified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "rx.db"
     good, holed = Chain(), Chain()
     with Receiver(db) as rx:
@@ -96,18 +96,18 @@ def test_report_command_prints_json_and_text(tmp_path: Path, capsys: pytest.Capt
             server.server_close()
             t.join()
 
-    assert main(["receiver", "report", "--db", str(db), "--json"]) == 0
+    assert main(["receiver", "report", "--db", str(db), "--json"]) == 1  # one stream has a gap
     report: dict[str, Any] = json.loads(capsys.readouterr().out)
     streams = report["gateways"]["gw-1"]["streams"]
     assert streams[good.stream]["verdict"] == "complete-and-verified"
     assert streams[holed.stream]["gaps"] == [[3, 4]]
 
-    assert main(["receiver", "report", "--db", str(db), "--gateway", "gw-1"]) == 0
+    assert main(["receiver", "report", "--db", str(db), "--gateway", "gw-1"]) == 1
     text = capsys.readouterr().out
     assert f"stream {good.stream}: COMPLETE-AND-VERIFIED" in text
     assert f"stream {holed.stream}: NOT-VERIFIED" in text
 
-    assert main(["receiver", "report", "--db", str(db), "--gateway", "nobody", "--json"]) == 0
+    assert main(["receiver", "report", "--db", str(db), "--gateway", "nobody", "--json"]) == 1  # nothing verified
     assert json.loads(capsys.readouterr().out)["gateways"] == {}
 
 

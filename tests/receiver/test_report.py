@@ -170,7 +170,7 @@ def test_text_report_has_one_block_per_stream_with_its_verdict(rx: Any) -> None:
     text = render_text(rx.receiver.report())
     assert f"stream {good.stream}: COMPLETE-AND-VERIFIED" in text
     assert f"stream {bad.stream}: NOT-VERIFIED" in text
-    assert "gaps       2-3" in text
+    assert "gap        2-3: unexplained" in text
 
 
 def test_empty_receiver_reports_no_gateways(rx: Any) -> None:
