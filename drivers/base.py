@@ -54,6 +54,10 @@ class Reading(NamedTuple):
     #: Driver-specific extras for diagnostics (``coldgate decode``, status), e.g. ``packet_id``;
     #: not part of the stored record.
     extra: Mapping[str, Any] | None = None
+    #: The device model and brand, where the driver recognised them (BLE through Theengs
+    #: Decoder: ``"Thermo-Hygrometer"``, ``"Govee"``); part of the record, like ``rssi``.
+    model: str | None = None
+    brand: str | None = None
 
 
 class Sink(Protocol):
