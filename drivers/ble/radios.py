@@ -146,9 +146,11 @@ class Radios:
         if control is None or not r.ladder.due(now):
             return
         step = r.ladder.next_step(now)
+        reason = r.trouble or ""
+        if "vanished" in reason or "not found" in reason:
+            step = "reset"  # gone from BlueZ: a power cycle cannot reach it, a controller (USB) reset may
         name = r.bluez_name
         r.detail["state"] = "recovering"
-        reason = r.trouble
         self.driver.log.warning("%s: adapter %s in trouble (%s): %s", self.driver.name, name, reason,
                                 "power cycling it" if step == "power_cycle" else "resetting the controller")
         error: str | None = None
@@ -165,12 +167,15 @@ class Radios:
         except Exception as exc:  # noqa: BLE001 - the BlueZ boundary must never stop the driver
             error = f"{type(exc).__name__}: {exc}"
         r.ladder.done(time.monotonic())
+        with contextlib.suppress(Exception):  # what BlueZ says now, for status
+            async with asyncio.timeout(5.0):
+                r.detail["bluez"] = (await control.state(name)).as_dict()
         r.resets += 1
         last = {"at": time.time(), "step": step, "reason": reason, "ok": error is None, "error": error}
         r.detail.update({"resets": r.resets, "last_reset": last})
         if error:
             self.driver.log.warning("%s: %s of %s failed: %s", self.driver.name, step, name, error)
-        self.driver._event("ble_adapter_reset", {"adapter": name, "step": step, "reason": reason, "ok": error is None,
+        self.driver._event("ble_adapter_reset", {"adapter": name, "step": step, "reason": r.trouble, "ok": error is None,
                                                  "error": error, "resets": r.resets})
 
     async def close(self) -> None:
