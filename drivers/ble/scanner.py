@@ -449,7 +449,8 @@ class BleDriver(Driver):
             if missing:
                 self.log.warning("%s: sensor %s (%s) not heard for %g s: missing", self.name, sid, mac, limit)
                 self._event("sensor_missing", details)
-                strangers = self._matcher.strangers_like(track.kind, since, now, limit)
+                # a replacement switched on shortly before the old one went quiet counts too
+                strangers = self._matcher.strangers_like(track.kind, since - limit, now, 2 * limit)
                 if strangers:
                     self._suspect(sid, track, strangers)
             else:
