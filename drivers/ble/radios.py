@@ -45,6 +45,7 @@ class Radio:
     last_check_mono: float = 0.0
     trouble: str | None = None
     resets: int = 0
+    failures: int = 0  # background restarts that failed in a row
     task: asyncio.Task[None] | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -133,7 +134,7 @@ class Radios:
                 r.trouble = message[:200]
             raise
         now = time.monotonic()
-        r.scanner, r.mode, r.trouble = scanner, mode, None
+        r.scanner, r.mode, r.trouble, r.failures = scanner, mode, None, 0
         r.since_mono = r.last_adv_mono = r.last_check_mono = now  # the silence window starts now
         r.detail.update({"state": "scanning", "scanning_mode": mode, "last_error": None})
         first = next((x for x in self.list if x.scanner is not None), r)
@@ -267,11 +268,15 @@ class Radios:
 
     async def _restart(self, r: Radio) -> None:
         """Bring one adapter back while others scan (several adapters only)."""
-        delay = max(1.0, r.ladder.delay()) if r.resets else 0.0
+        delay = min(60.0, 0.5 * 2 ** r.failures) if r.failures else 0.0
         if delay:
-            await asyncio.sleep(delay)  # the ladder's backoff, not a poll
-        with contextlib.suppress(DriverUnavailable):
+            await asyncio.sleep(delay)  # backoff between failed restarts, not a poll
+        try:
             await self._start(r)
+        except DriverUnavailable as exc:
+            r.failures += 1
+            self.driver.noisy.warning(f"restart:{r.label}", "%s: adapter %s could not restart: %s", self.driver.name,
+                                      r.label, exc)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

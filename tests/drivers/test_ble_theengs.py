@@ -194,3 +194,26 @@ def test_ble_scan_shows_what_theengs_recognises(capsys):
     assert dev["decoded"]["brand"] == "Govee"
     assert main(["ble-scan", "--seconds", "0.1", "--backend", f"fake:{air.name}"]) == 0
     assert "Govee Smart Thermo-Hygrometer" in capsys.readouterr().out
+
+
+def test_a_repeated_frame_is_decoded_once_and_a_new_one_anew(monkeypatch):
+    calls = []
+    real = theengs.decode_json
+    monkeypatch.setattr(theengs, "decode_json", lambda doc: calls.append(doc) or real(doc))
+    a = next(v for v in VECTORS if v["id"] == "govee-h5074")
+    b = next(v for v in VECTORS if v["id"] == "govee-h5075-below-zero")
+
+    async def scenario():
+        air = fresh_air()
+        driver = make_driver(air, [{"mac": MACS[0], "sensor_id": "fridge", "format": "theengs"}])
+        async with Running(driver) as sink:
+            await air.wait_started()
+            for _ in range(5):
+                air.advertise(MACS[0], **advert(a))
+            air.advertise(MACS[0], **advert(b))
+            await sink.wait_for(lambda: len(sink.readings) == 18)
+        return sink
+
+    sink = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert len(calls) == 2, "five identical frames, one decode; the changed frame, another"
+    assert [r.value for r in sink.readings if r.quantity == "temperature"] == [22.44] * 5 + [-7.3481]
