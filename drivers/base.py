@@ -55,7 +55,8 @@ class Reading(NamedTuple):
     #: not part of the stored record.
     extra: Mapping[str, Any] | None = None
     #: The device model and brand, where the driver recognised them (BLE through Theengs
-    #: Decoder: ``"Thermo-Hygrometer"``, ``"Govee"``); part of the record, like ``rssi``.
+    #: Decoder: ``"Thermo-Hygrometer"``, ``"Govee"``); meant for the record, like ``rssi``
+    #: (the ingest stores them as the reading's ``model`` and ``brand`` fields).
     model: str | None = None
     brand: str | None = None
 

@@ -263,7 +263,8 @@ class Radios:
             self._stall(r, f"adapter {r.bluez_name} vanished from BlueZ")
         elif st.powered is False:
             self._stall(r, f"adapter {r.bluez_name} is powered off")
-        elif st.discovering is False:
+        elif st.discovering is False and r.mode == "active":
+            # (a passive scan runs through BlueZ's advertisement monitor, which never sets Discovering)
             self._stall(r, f"adapter {r.bluez_name} stopped discovering (BlueZ lost the scan)")
 
     async def _restart(self, r: Radio) -> None:

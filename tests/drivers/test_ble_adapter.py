@@ -171,3 +171,28 @@ def test_ladder_starts_with_a_power_cycle_escalates_backs_off_and_forgets_after_
 )
 def test_only_errors_a_reset_can_cure_trigger_one(message, worthy):
     assert reset_worthy(message) is worthy
+
+
+def test_a_passive_scan_is_not_taken_for_a_stall_because_bluez_reports_no_discovery():
+    """BlueZ's advertisement monitor (passive scanning) never sets Adapter1.Discovering."""
+
+    async def main():
+        air = fresh_air()
+
+        class PassiveBluez(type(air.control)):  # type: ignore[misc]
+            async def state(self, adapter):
+                st = await super().state(adapter)
+                st.discovering = False
+                return st
+
+        control = PassiveBluez(air)
+        driver = make_driver(air, SENSORS, control=control, adapter_check_s=0.02)
+        async with Running(driver) as sink:
+            await air.wait_started()
+            await sink.wait_for(lambda: driver.status.details["adapters"]["default"]["bluez"] is not None)
+            air.advertise(MAC, **bt(1))
+            await sink.wait_for(lambda: len(sink.readings) == 1)
+        assert driver.status.details["scanning_mode"] == "passive"
+        assert control.calls == [] and air.starts == 1
+
+    run(main())
