@@ -244,7 +244,7 @@ class Radios:
         self.driver.log.warning("%s: %s", self.driver.name, why)
         r.trouble = why
         r.detail.update({"state": "down", "last_error": why})
-        self._last_stall = why if not self.many else why
+        self._last_stall = why
         scanner, r.scanner = r.scanner, None
         if scanner is not None:
             self._spawn(_stop_quietly(scanner))

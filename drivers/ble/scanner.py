@@ -247,7 +247,8 @@ class BleDriver(Driver):
         detail = self._sensor_details[sid]
         detail["rssi"] = adv.rssi
         detail["last_heard"] = time.time()
-        frame = _frame(adv)
+        # the frame's bytes, only where they are needed (dedupe across adapters, counters, Theengs)
+        frame = _frame(adv) if self.radios.many or sensor.format == "theengs" or sensor.bindkey else b""
         if decoded is None and sensor.format == "theengs" and track.theengs_key == (frame, adv.local_name):
             decoded = track.theengs_decoded  # the decoder is pure: the same frame decodes the same
         if decoded is None:
@@ -290,7 +291,8 @@ class BleDriver(Driver):
             track.sequence = decoded.sequence
         track.last_frame, track.last_frame_radio, track.last_frame_mono = frame, radio, now
         track.last_decoded_mono = now
-        track.kind = signature(adv.service_data, adv.manufacturer_data)
+        if track.kind is None:
+            track.kind = signature(adv.service_data, adv.manufacturer_data)
         if decoded.model is not None:
             self._identified(sid, mac, decoded, detail)
         if not decoded.measurements:
