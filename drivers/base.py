@@ -56,6 +56,11 @@ class Reading(NamedTuple):
     #: Driver-specific extras for diagnostics (``coldgate decode``, status), e.g. ``packet_id``;
     #: not part of the stored record.
     extra: Mapping[str, Any] | None = None
+    #: The device model and brand, where the driver recognised them (BLE through Theengs
+    #: Decoder: ``"Thermo-Hygrometer"``, ``"Govee"``); meant for the record, like ``rssi``
+    #: (the ingest stores them as the reading's ``model`` and ``brand`` fields).
+    model: str | None = None
+    brand: str | None = None
 
 
 class Sink(Protocol):

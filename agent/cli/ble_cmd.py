@@ -2,7 +2,8 @@
 
 ``ble-scan`` lists every device heard, with RSSI, the format recognised and the decoded
 values, so a technician can check a shipper's sensors before it leaves.
-``decode ble`` decodes one captured payload exactly as the driver would.
+``decode ble`` decodes one captured payload exactly as the driver would: with coldgate's
+own decoders (BTHome, Ruuvi, ATC/pvvx) or, ``--format theengs``, with Theengs Decoder.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="MAC=KEY",
-        help="BTHome bind key for a device, to decode its encrypted advertisements (repeatable)",
+        help="bind key (BTHome, pvvx/ATC) for a device, to decode its encrypted advertisements (repeatable)",
     )
     p.add_argument(
         "--backend",
@@ -44,15 +45,19 @@ def register(sub: Any) -> None:
 
 def register_decode(dsub: Any) -> None:
     p: argparse.ArgumentParser = dsub.add_parser("ble", help="decode one BLE advertisement payload")
-    p.add_argument("--format", required=True, choices=["bthome", "ruuvi", "atc"], help="payload format")
+    p.add_argument("--format", required=True, choices=["bthome", "ruuvi", "atc", "theengs"], help="payload format")
     p.add_argument(
         "--hex",
         required=True,
         metavar="PAYLOAD",
-        help="service data (BTHome 0xFCD2, ATC 0x181A) or Ruuvi manufacturer data, without UUID/company id",
+        help="service data (BTHome 0xFCD2, ATC 0x181A) or Ruuvi manufacturer data, without UUID/company id; "
+        "theengs: manufacturer data with its company id first, or service data with --uuid",
     )
-    p.add_argument("--mac", default=None, help="advertiser MAC (needed for encrypted BTHome)")
-    p.add_argument("--key", default=None, help="BTHome bind key, 32 hex digits")
+    p.add_argument("--mac", default=None, help="advertiser MAC (needed for encrypted BTHome and pvvx/ATC)")
+    p.add_argument("--key", default=None, help="bind key (BTHome, pvvx/ATC), 32 hex digits")
+    p.add_argument("--name", default=None, help="theengs: the advertised local name (some models need it)")
+    p.add_argument("--uuid", default=None, metavar="UUID16",
+                   help="theengs: --hex is service data under this 16-bit UUID (e.g. fe95), not manufacturer data")
     add_json_arg(p)
     p.set_defaults(func=cmd_decode)
 
@@ -112,8 +117,11 @@ def _scan_text(devices: list[dict[str, Any]]) -> str:
         return "no BLE devices heard"
     lines = [f"{'address':<17}  {'rssi':>4}  {'format':<8}  {'name':<16}  values"]
     for d in devices:
-        if d["decoded"]:
-            values = ", ".join(f"{m['quantity']}={m['value']:g} {m['unit']}" for m in d["decoded"]["measurements"])
+        decoded = d["decoded"]
+        if decoded:
+            values = ", ".join(f"{m['quantity']}={m['value']:g} {m['unit']}" for m in decoded["measurements"])
+            if decoded.get("model"):
+                values = f"[{' '.join(x for x in (decoded.get('brand'), decoded['model']) if x)}] {values}"
         else:
             values = d["error"] or ""
         rssi = "" if d["rssi"] is None else str(d["rssi"])
@@ -132,13 +140,40 @@ def cmd_decode(args: argparse.Namespace) -> int:
         mac = normalize_mac(args.mac) if args.mac else None
     except ValueError as exc:
         raise ColdgateError(f"decode ble: {exc}") from None
-    decoded = DECODERS[args.format](payload, mac, key)  # DecodeError is a ColdgateError: one line, exit 1
+    if args.format == "theengs":
+        decoded = _decode_theengs(payload, args.uuid, args.name, mac)
+    else:  # DecodeError is a ColdgateError: one line, exit 1
+        decoded = DECODERS[args.format](payload, mac, key)
     emit(args, decoded.as_dict(), _decoded_text)
     return 0
 
 
+def _decode_theengs(payload: bytes, uuid: str | None, name: str | None, mac: str | None) -> Any:
+    from agent.exc import ColdgateError
+    from drivers.ble import theengs
+    from drivers.ble.fake import uuid16
+
+    if uuid is not None:
+        try:
+            service = {uuid16(int(uuid.lower().removeprefix("0x"), 16)): payload}
+        except ValueError:
+            raise ColdgateError(f"decode ble: --uuid {uuid!r}: expected a 16-bit UUID such as fe95") from None
+        manufacturer: dict[int, bytes] = {}
+    else:
+        if len(payload) < 2:
+            raise ColdgateError("decode ble: manufacturer data needs its 2-byte company id first")
+        service, manufacturer = {}, {int.from_bytes(payload[:2], "little"): payload[2:]}
+    decoded = theengs.decode(service, manufacturer, name=name, mac=mac)
+    if decoded is None:
+        raise ColdgateError("decode ble: Theengs Decoder recognises no model in this payload"
+                            + ("" if name else " (some models need --name)"))
+    return decoded
+
+
 def _decoded_text(d: dict[str, Any]) -> str:
     head = [f"format {d['format']}"]
+    if d.get("model"):
+        head.append(" ".join(x for x in (d.get("brand"), d["model"]) if x))
     if d["encrypted"]:
         head.append(f"encrypted, counter {d['counter']}")
     if d["sequence"] is not None:

@@ -21,7 +21,9 @@ BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 ENV_SENSING_UUID = "0000181a-0000-1000-8000-00805f9b34fb"  # ATC1441 / pvvx custom
 RUUVI_COMPANY_ID = 0x0499
 
+#: coldgate's own decoders (strict validation, encryption, replay protection), and Theengs.
 FORMATS = ("bthome", "ruuvi", "atc")
+ALL_FORMATS = (*FORMATS, "theengs")
 
 
 class WrongKey(DecodeError):
@@ -49,7 +51,8 @@ class Decoded:
     measurement sequence, ATC/pvvx frame counter) or ``None`` when the payload has none;
     ``counter`` is the BTHome encryption counter (replay protection). ``mac`` is the
     address the payload itself carries (Ruuvi, ATC/pvvx, BTHome with the MAC bit), in
-    display order, or ``None``.
+    display order, or ``None``. ``model`` and ``brand`` are the device model a decoder
+    recognised (Theengs Decoder names them; the own formats do not).
     """
 
     format: str
@@ -58,6 +61,8 @@ class Decoded:
     counter: int | None = None
     encrypted: bool = False
     mac: str | None = None
+    model: str | None = None
+    brand: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -67,6 +72,8 @@ class Decoded:
             "sequence": self.sequence,
             "counter": self.counter,
             "mac": self.mac,
+            "model": self.model,
+            "brand": self.brand,
             "measurements": [{"quantity": m.quantity, "value": m.value, "unit": m.unit} for m in self.measurements],
             "extra": self.extra,
         }

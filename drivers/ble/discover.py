@@ -2,6 +2,8 @@
 
 Every device heard during the scan, with its RSSI, the payload format recognised and
 the values decoded from its latest advertisement (or why they could not be decoded).
+A device none of coldgate's own formats knows is offered to Theengs Decoder, where
+installed, so the technician sees the model and which ``format`` to configure.
 """
 
 from __future__ import annotations
@@ -38,7 +40,21 @@ class _Seen:
         }
 
 
-def observe(seen: dict[str, _Seen], address: str, adv: Any, keys: dict[str, bytes]) -> None:
+def _observe_theengs(entry: _Seen, mac: str, adv: Any) -> None:
+    from drivers.ble import theengs
+
+    try:
+        decoded = theengs.decode(adv.service_data, adv.manufacturer_data, name=adv.local_name, mac=mac)
+    except DecodeError as exc:
+        entry.error = f"theengs: {exc}"
+        return
+    if decoded is not None:
+        entry.format = "theengs"
+        entry.decoded = decoded.as_dict()
+        entry.error = None
+
+
+def observe(seen: dict[str, _Seen], address: str, adv: Any, keys: dict[str, bytes], use_theengs: bool = False) -> None:
     """Fold one advertisement into the table (pure apart from ``seen``; never raises on payloads)."""
     mac = address.upper()
     entry = seen.get(mac)
@@ -48,7 +64,11 @@ def observe(seen: dict[str, _Seen], address: str, adv: Any, keys: dict[str, byte
     entry.name = adv.local_name or entry.name
     entry.rssi = adv.rssi
     entry.best_rssi = adv.rssi if entry.best_rssi is None else max(entry.best_rssi, adv.rssi)
-    for fmt, payload in payloads(adv.service_data, adv.manufacturer_data):
+    found = payloads(adv.service_data, adv.manufacturer_data)
+    if not found and use_theengs:
+        _observe_theengs(entry, mac, adv)
+        return
+    for fmt, payload in found:
         entry.format = fmt
         try:
             decoded = DECODERS[fmt](payload, mac, keys.get(mac))
@@ -77,13 +97,15 @@ async def scan(
 
     Raises :class:`drivers.exc.DriverUnavailable` when no scan can be started.
     """
+    from drivers.ble import theengs
     from drivers.ble.radio import start_scanner
 
     seen: dict[str, _Seen] = {}
     key_map = {k.upper(): v for k, v in (keys or {}).items()}
+    use_theengs = theengs.available()
 
     def callback(device: Any, adv: Any) -> None:
-        observe(seen, str(device.address), adv, key_map)
+        observe(seen, str(device.address), adv, key_map, use_theengs)
 
     scanner, _ = await start_scanner(callback, mode=mode, adapter=adapter, backend=backend)
     try:

@@ -9,8 +9,12 @@ A :class:`FakeAir` is the ether: every scanner started on it hears what is adver
 on it, filtered as BlueZ would (service UUIDs; or-patterns when passive). Faults are
 injected the way adapters fail: :meth:`FakeAir.fail_next_start` (BlueZ missing, adapter
 absent or powered off), :meth:`FakeAir.reset_adapter` (running scans silently stop
-hearing anything, as after an adapter reset), ``passive_supported = False`` (no
-advertisement-monitor API: BlueZ refuses passive scans)::
+hearing anything, as after an adapter reset), :meth:`FakeAir.stall_adapter` (the Pi's
+stuck adapter: silent, and every new scan refused with ``InProgress`` until the adapter
+is power-cycled or, for a hard stall, reset), :meth:`FakeAir.remove_adapter` (vanished),
+``passive_supported = False`` (no advertisement-monitor API: BlueZ refuses passive
+scans). :class:`FakeAdapterControl` (``air.control``) is the BlueZ boundary of adapter
+recovery on this radio, as :class:`drivers.ble.adapter.BluezAdapterControl` is on a real one::
 
     air = fake.air("bench")
     driver = BleDriver("ble", opts, scanner_backend=air.backend)
@@ -28,6 +32,9 @@ from typing import Any
 from bleak.backends.scanner import AdvertisementData, AdvertisementDataCallback, BaseBleakScanner
 from bleak.exc import BleakError
 
+from drivers.ble.adapter import AdapterState
+from drivers.exc import DriverUnavailable
+
 _AIRS: dict[str, FakeAir] = {}
 
 
@@ -42,6 +49,19 @@ def air(name: str = "default") -> FakeAir:
 def uuid16(u: int) -> str:
     """A 16-bit SIG UUID in the 128-bit form bleak uses as a ``service_data`` key."""
     return f"0000{u:04x}-0000-1000-8000-00805f9b34fb"
+
+
+@dataclass
+class FakeAdapter:
+    """One adapter of the fake radio: ``stall`` is None (well), ``"soft"`` or ``"hard"``."""
+
+    name: str
+    present: bool = True
+    powered: bool = True
+    stall: str | None = None
+    back_after_reset: bool = True  # a vanished adapter that a controller (USB) reset brings back
+    resets: int = 0
+    power_cycles: int = 0
 
 
 @dataclass
@@ -70,6 +90,9 @@ class FakeAir:
         self._start_errors: deque[BaseException] = deque()
         self._start_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._beacon_task: asyncio.Task[None] | None = None
+        self.adapters: dict[str, FakeAdapter] = {}
+        #: The BlueZ boundary of adapter recovery for this radio.
+        self.control = FakeAdapterControl(self)
         owner = self
 
         class Scanner(FakeScanner):
@@ -87,6 +110,30 @@ class FakeAir:
     def reset_adapter(self) -> None:
         """Running scans stop hearing anything (BlueZ lost the discovery session)."""
         self.scanners.clear()
+
+    def adapter(self, name: str | None) -> FakeAdapter:
+        """The fake adapter called ``name`` (None: the default adapter, hci0)."""
+        key = name or "hci0"
+        found = self.adapters.get(key)
+        if found is None:
+            found = self.adapters[key] = FakeAdapter(key)
+        return found
+
+    def stall_adapter(self, name: str | None = None, *, hard: bool = False) -> None:
+        """The adapter goes silent and refuses new scans (``InProgress``) until recovered.
+
+        A soft stall is cured by a power cycle; a hard one only by a controller reset.
+        """
+        adapter = self.adapter(name)
+        adapter.stall = "hard" if hard else "soft"
+        self.scanners = {s for s in self.scanners if s.adapter != adapter.name}
+
+    def remove_adapter(self, name: str | None = None, *, back_after_reset: bool = True) -> None:
+        """The adapter vanishes (from D-Bus and from the scans running on it)."""
+        adapter = self.adapter(name)
+        adapter.present = False
+        adapter.back_after_reset = back_after_reset
+        self.scanners = {s for s in self.scanners if s.adapter != adapter.name}
 
     # -- the air --------------------------------------------------------------------
     @property
@@ -200,6 +247,7 @@ class FakeScanner(BaseBleakScanner):
         self.scanning_mode = scanning_mode
         self.bluez = dict(bluez or {})
         self.or_patterns = list(self.bluez.get("or_patterns") or [])
+        self.adapter: str = self.bluez.get("adapter") or "hci0"
         if scanning_mode == "passive" and not self.or_patterns:
             raise BleakError("passive scanning mode requires bluez or_patterns")  # as BlueZ's backend does
 
@@ -210,6 +258,13 @@ class FakeScanner(BaseBleakScanner):
             raise air._start_errors.popleft()
         if self.scanning_mode == "passive" and not air.passive_supported:
             raise BleakError("org.bluez.Error.NotSupported: advertisement monitor API not available")
+        adapter = air.adapter(self.adapter)
+        if not adapter.present:
+            raise BleakError(f"adapter '{adapter.name}' not found")
+        if not adapter.powered:
+            raise BleakError(f"org.bluez.Error.NotReady: Resource Not Ready ({adapter.name} powered off)")
+        if adapter.stall:
+            raise BleakError("org.bluez.Error.InProgress: Operation already in progress")
         self.seen_devices = {}
         air._started(self)
 
@@ -225,6 +280,54 @@ class FakeScanner(BaseBleakScanner):
         device = self.create_or_update_device(address, address, adv.local_name, None, adv)
         self.call_detection_callbacks(device, adv)
         return 1
+
+
+class FakeAdapterControl:
+    """:class:`drivers.ble.adapter.AdapterControl` on a :class:`FakeAir`'s adapters.
+
+    ``calls`` lists what was asked, in order; ``fail_next(n)`` makes the next ``n`` calls
+    fail as BlueZ does when it cannot reach the adapter.
+    """
+
+    def __init__(self, air: FakeAir) -> None:
+        self.air = air
+        self.calls: list[tuple[str, str]] = []
+        self._failures = 0
+
+    def fail_next(self, n: int = 1) -> None:
+        self._failures += n
+
+    def _check(self, what: str, adapter: str) -> FakeAdapter:
+        self.calls.append((what, adapter))
+        if self._failures:
+            self._failures -= 1
+            raise DriverUnavailable(f"BlueZ could not {what.replace('_', ' ')} {adapter} (fault injected)")
+        return self.air.adapter(adapter)
+
+    async def state(self, adapter: str) -> AdapterState:
+        a = self.air.adapter(adapter)
+        scanning = any(s.adapter == a.name for s in self.air.scanners)
+        if not a.present:
+            return AdapterState(present=False)
+        return AdapterState(present=True, powered=a.powered, discovering=scanning and a.stall is None)
+
+    async def power_cycle(self, adapter: str) -> None:
+        a = self._check("power_cycle", adapter)
+        if not a.present:
+            raise DriverUnavailable(f"{adapter} is not present: a power cycle cannot reach it")
+        a.power_cycles += 1
+        a.powered = True
+        if a.stall == "soft":
+            a.stall = None
+        self.air.scanners = {s for s in self.air.scanners if s.adapter != a.name}  # powering off ends scans
+
+    async def reset(self, adapter: str) -> None:
+        a = self._check("reset", adapter)
+        a.resets += 1
+        if not a.present and not a.back_after_reset:
+            raise DriverUnavailable(f"{adapter} did not come back after a controller reset")
+        a.present, a.powered, a.stall = True, True, None
+        self.air.scanners = {s for s in self.air.scanners if s.adapter != a.name}
 
 
 def _matches(pattern: Any, adv: AdvertisementData) -> bool:

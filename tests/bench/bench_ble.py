@@ -7,6 +7,9 @@ is dropped as a duplicate:
 
 driver
     ``BleDriver.run(sink)`` into a counting sink: the decode + dispatch path alone;
+theengs
+    the same, for ``format = "theengs"`` sensors: Theengs Decoder's published frames of
+    13 models (tests/data/ble/theengs.json) through the driver (needs coldgate[theengs]);
 store
     the whole agent (``agent.daemon.Agent``, ``record_interval_s = 0``) into its SQLite
     store, until every reading is committed.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -155,9 +159,75 @@ async def bench_store(n: int) -> dict[str, float] | None:
     return {"ads": n, "readings": want, "wall_s": wall, "cpu_s": cpu_s}
 
 
+THEENGS = Path(__file__).resolve().parents[1] / "data" / "ble" / "theengs.json"
+
+
+def theengs_ads(n: int) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]], int]:
+    """Sensors and ``n`` advertisements cycling through the Theengs vectors; readings expected."""
+    vectors = json.loads(THEENGS.read_text(encoding="utf-8"))["vectors"]
+    sensors, kinds = [], []
+    for i, vec in enumerate(vectors):
+        mac = f"C0:FF:EE:00:01:{i:02X}"
+        sensors.append({"mac": mac, "sensor_id": vec["id"], "format": "theengs"})
+        if "manufacturer_hex" in vec:
+            raw = bytes.fromhex(vec["manufacturer_hex"])
+            kw: dict[str, Any] = {"manufacturer_data": {int.from_bytes(raw[:2], "little"): raw[2:]}}
+        else:
+            kw = {"service_data": {int(vec["service_uuid16"], 16): bytes.fromhex(vec["hex"])}}
+        kinds.append((mac, {**kw, "local_name": vec["name"]}, len(vec["readings"])))
+    ads = [(kinds[i % len(kinds)][0], kinds[i % len(kinds)][1]) for i in range(n)]
+    return sensors, ads, sum(kinds[i % len(kinds)][2] for i in range(n))
+
+
+async def bench_theengs(n: int) -> dict[str, float] | None:
+    from drivers.ble import theengs
+
+    if not theengs.available():
+        return None
+    the_air = air("bench-theengs")
+    sensors, ads, want = theengs_ads(n)
+    opts = BleOptions.model_validate({"sensors": sensors, "scanning_mode": "active", "queue_size": n + 1})
+    driver = BleDriver("ble", opts, scanner_backend=the_air.backend)
+    sink = CountingSink()
+    sink.target = want
+    task = asyncio.create_task(driver.run(sink))
+    await the_air.wait_started()
+    t0, c0 = time.perf_counter(), cpu()
+    await inject(the_air, ads)
+    await asyncio.wait_for(sink.done.wait(), 300)
+    wall, cpu_s = time.perf_counter() - t0, cpu() - c0
+    driver.stop()
+    await task
+    assert driver.status.counters["decode_errors"] == 0
+    return {"ads": n, "readings": sink.n, "wall_s": wall, "cpu_s": cpu_s}
+
+
+def bench_theengs_decode(rounds: int = 200) -> dict[str, float] | None:
+    """Theengs Decoder itself, a fresh decode every call (the driver decodes a repeated frame once)."""
+    from drivers.ble import theengs
+    from drivers.ble.fake import uuid16
+
+    if not theengs.available():
+        return None
+    vectors = json.loads(THEENGS.read_text(encoding="utf-8"))["vectors"]
+    per: dict[str, float] = {}
+    for vec in vectors:
+        if "manufacturer_hex" in vec:
+            raw = bytes.fromhex(vec["manufacturer_hex"])
+            sd: dict[str, bytes] = {}
+            md = {int.from_bytes(raw[:2], "little"): raw[2:]}
+        else:
+            sd, md = {uuid16(int(vec["service_uuid16"], 16)): bytes.fromhex(vec["hex"])}, {}
+        c0 = time.process_time()  # finer than os.times() for this short a loop
+        for _ in range(rounds):
+            theengs.decode(sd, md, name=vec["name"])
+        per[vec["id"]] = (time.process_time() - c0) / rounds * 1e6
+    return per
+
+
 def report(name: str, r: dict[str, float]) -> None:
     print(
-        f"{name:<7} {r['ads']:>7.0f} ads  {r['readings']:>7.0f} readings  "
+        f"{name:<8} {r['ads']:>7.0f} ads  {r['readings']:>7.0f} readings  "
         f"{r['ads'] / r['wall_s']:>9.0f} ads/s  {r['readings'] / r['wall_s']:>9.0f} readings/s  "
         f"{r['cpu_s'] / r['ads'] * 1e6:>7.1f} µs CPU/ad"
     )
@@ -168,6 +238,17 @@ def main() -> None:
     ap.add_argument("--ads", type=int, default=20_000, help="advertisements per run (default 20000)")
     args = ap.parse_args()
     report("driver", asyncio.run(bench_driver(args.ads)))
+    t = asyncio.run(bench_theengs(args.ads))
+    if t is None:
+        print("theengs (Theengs Decoder not installed: pip install 'coldgate[theengs]'; skipped)")
+    else:
+        report("theengs", t)
+        per = bench_theengs_decode()
+        assert per is not None
+        mean = sum(per.values()) / len(per)
+        print(f"theengs decode (every call fresh): mean {mean:.0f} µs CPU, "
+              f"min {min(per.values()):.0f} ({min(per, key=per.__getitem__)}), "
+              f"max {max(per.values()):.0f} ({max(per, key=per.__getitem__)})")
     r = asyncio.run(bench_store(args.ads))
     if r is None:
         print("store   (agent.store not available: skipped)")

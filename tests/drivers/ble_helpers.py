@@ -13,7 +13,8 @@ from drivers.base import Reading
 from drivers.ble.fake import FakeAir
 from drivers.ble.scanner import BleDriver, BleOptions
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "../shared/data/ble/vectors.json"
+DATA = Path(__file__).resolve().parents[1] / "data" / "ble"
+VECTORS_PATH = DATA / "vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 
 BTHOME = 0xFCD2
@@ -40,8 +41,10 @@ class FastBle(BleDriver):
     backoff_cap_s = 0.02
 
 
-def make_driver(air: FakeAir, sensors: list[dict[str, Any]], **opts: Any) -> FastBle:
-    return FastBle("ble", BleOptions.model_validate({"sensors": sensors, **opts}), scanner_backend=air.backend)
+def make_driver(air: FakeAir, sensors: list[dict[str, Any]], *, control: Any = None, **opts: Any) -> FastBle:
+    """The driver on a fake radio; ``control`` (e.g. ``air.control``) enables adapter recovery."""
+    return FastBle("ble", BleOptions.model_validate({"sensors": sensors, **opts}), scanner_backend=air.backend,
+                   adapter_control=control)
 
 
 class CollectingSink:
@@ -50,11 +53,26 @@ class CollectingSink:
     def __init__(self) -> None:
         self.readings: list[Reading] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
+        #: Every ``driver_state`` call, and the order of readings and states as delivered.
+        self.states: list[dict[str, Any]] = []
+        self.log: list[tuple[str, Any]] = []
         self._changed = asyncio.Event()
 
     def reading(self, reading: Reading) -> None:
         self.readings.append(reading)
+        self.log.append(("reading", reading))
         self._changed.set()
+
+    def driver_state(self, driver: str, state: dict[str, Any]) -> None:
+        """As the agent does: keep (a JSON round trip of) the state, as committed."""
+        committed = json.loads(json.dumps(state))
+        self.states.append(committed)
+        self.log.append(("state", committed))
+        self._changed.set()
+
+    def committed(self) -> dict[str, Any]:
+        """The state a restarted agent would hand back: the last one committed (or none)."""
+        return self.states[-1] if self.states else {}
 
     def driver_event(self, driver: str, event: str, details: Any) -> None:
         self.events.append((event, dict(details)))

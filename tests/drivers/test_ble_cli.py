@@ -112,3 +112,11 @@ def test_ble_scan_without_an_adapter_is_one_line_and_exit_1(capsys):
 def test_ble_scan_refuses_a_malformed_key(capsys):
     rc = main(["ble-scan", "--seconds", "0", "--backend", "fake:x", "--key", "A4:C1:38:02:83:F4=abc"])
     assert rc == 1 and "--key" in capsys.readouterr().err
+
+
+def test_decode_ble_atc_encrypted_pvvx_with_mac_and_key(capsys):
+    vec = VECTORS["atc_encrypted"][0]
+    got = run_json(capsys, ["decode", "ble", "--format", "atc", "--hex", vec["hex"], "--mac", vec["mac"],
+                            "--key", vec["key"]])
+    assert got["format"] == "pvvx_encrypted" and got["encrypted"] is True and got["sequence"] == 17
+    assert got["measurements"][0] == {"quantity": "temperature", "value": 23.45, "unit": "Cel"}

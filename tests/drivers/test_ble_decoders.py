@@ -280,10 +280,42 @@ def test_atc_payload_of_other_length_raises(length):
         atc.decode(bytes(range(length)))
 
 
-@pytest.mark.parametrize("length", [8, 11])
-def test_atc_encrypted_variants_say_they_are_unsupported(length):
-    with pytest.raises(DecodeError, match="encrypted"):
-        atc.decode(bytes(length))
+@pytest.mark.parametrize("vec", VECTORS["atc_encrypted"], ids=lambda v: v["id"])
+def test_pvvx_encrypted_vector_decrypts_to_its_published_values(vec):
+    d = atc.decode(bytes.fromhex(vec["hex"]), vec["mac"], bytes.fromhex(vec["key"]))
+    exp = vec["expect"]
+    assert (d.format, d.encrypted, d.sequence) == (exp["format"], True, exp["counter"])
+    assert values(d) == {
+        "temperature": (pytest.approx(exp["temperature_c"]), "Cel"),
+        "humidity": (pytest.approx(exp["humidity_pct"]), "%RH"),
+        "battery": (exp["battery_pct"], "%EL"),
+    }, "no voltage: the encrypted format does not carry one"
+
+
+def test_pvvx_encrypted_nonce_is_the_reversed_mac_the_ad_header_and_the_counter():
+    vec = VECTORS["atc_encrypted"][0]
+    assert atc.nonce(vec["mac"], 11, 0x11).hex() == "b2188d38c1a4" + "0e161a18" + "11"
+
+
+def test_pvvx_encrypted_with_a_wrong_key_or_without_one_is_refused():
+    vec = VECTORS["atc_encrypted"][0]
+    with pytest.raises(WrongKey):
+        atc.decode(bytes.fromhex(vec["hex"]), vec["mac"], bytes(16))
+    with pytest.raises(NoKey):
+        atc.decode(bytes.fromhex(vec["hex"]), vec["mac"], None)
+    tampered = bytearray.fromhex(vec["hex"])
+    tampered[3] ^= 1
+    with pytest.raises(WrongKey):
+        atc.decode(bytes(tampered), vec["mac"], bytes.fromhex(vec["key"]))
+
+
+def test_atc1441_encrypted_round_trip():
+    """No published vector for this variant: built with the same AES-CCM layout as pvvx's."""
+    key = bytes(range(16))
+    plain = bytes([int((4.5 + 40) * 2), int(55.5 * 2), 0x80 | 77])
+    d = atc.decode(atc.encrypt(plain, "A4:C1:38:8D:18:B2", key, 9), "A4:C1:38:8D:18:B2", key)
+    assert d.format == "atc1441_encrypted" and d.sequence == 9 and d.extra["trigger"] == 1
+    assert values(d) == {"temperature": (4.5, "Cel"), "humidity": (55.5, "%RH"), "battery": (77, "%EL")}
 
 
 # -- dispatch ---------------------------------------------------------------------------

@@ -128,16 +128,19 @@ def test_replayed_and_out_of_order_encrypted_counters_are_rejected():
 
         async with Running(driver) as sink:
             await air.wait_started()
-            air.advertise(ENC_MAC, **frame(10, "c409"))  # 25.00, accepted
-            air.advertise(ENC_MAC, **frame(10, "c409"))  # same frame repeated: duplicate
-            air.advertise(ENC_MAC, **frame(10, "0000"))  # same counter, other content: replay
-            air.advertise(ENC_MAC, **frame(9, "ca09"))  # older counter: out of order
-            air.advertise(ENC_MAC, **frame(12, "d009"))  # 25.12, accepted
+            air.advertise(ENC_MAC, **frame(5010, "c409"))  # 25.00, accepted
+            air.advertise(ENC_MAC, **frame(5010, "c409"))  # same frame repeated: duplicate
+            air.advertise(ENC_MAC, **frame(5010, "0000"))  # same counter, other content: replay
+            air.advertise(ENC_MAC, **frame(5009, "ca09"))  # older counter, not a restart's: out of order
+            air.advertise(ENC_MAC, **frame(5012, "d009"))  # 25.12, accepted
             await sink.wait_for(lambda: any(r.value == 25.12 for r in sink.readings))
         assert [r.value for r in sink.readings] == [25.0, 25.12]
         c = driver.status.counters
         assert (c["replayed"], c["duplicates"]) == (2, 1)
         assert driver.status.details["sensors"]["enc-1"]["replayed"] == 2
+        refused = [d for e, d in sink.events if e == "ble_counter_refused"]
+        assert [(d["last_counter"], d["counter"], d["reason"]) for d in refused] == [(5010, 5010, "same_counter")], \
+            "one event for a run of refusals, until a frame is accepted again"
 
     run(main())
 

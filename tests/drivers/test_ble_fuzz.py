@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from drivers.ble import atc, bthome, ruuvi
 from drivers.ble.common import Decoded
+from drivers.ble.fake import uuid16
 from drivers.exc import DecodeError
 from tests.drivers.ble_helpers import BTHOME, ENV, RUUVI, fresh_air, make_driver
 
@@ -81,6 +82,33 @@ def test_atc_decoder_raises_only_decode_error_on_arbitrary_bytes(data):
         pass
 
 
+@FUZZ
+@given(st.one_of(st.binary(min_size=8, max_size=8), st.binary(min_size=11, max_size=11)), st.sampled_from([None, KEY]))
+def test_encrypted_atc_decoder_raises_only_decode_error_on_arbitrary_bytes(data, key):
+    try:
+        _check(atc.decode(data, MAC, key))
+    except DecodeError:
+        pass
+
+
+@FUZZ
+@given(
+    st.dictionaries(st.sampled_from([0xFE95, 0x181A, 0xFCD2, 0x180F]).map(uuid16), st.binary(max_size=30), max_size=2),
+    st.dictionaries(st.integers(0, 0xFFFF), st.binary(max_size=30), max_size=2),
+    st.sampled_from([None, "GVH5075_1234", "sps", "ThermoBeacon", "TP357"]),
+)
+def test_theengs_path_raises_only_decode_error_and_yields_only_finite_values(sd, md, name):
+    from drivers.ble import theengs
+
+    try:
+        d = theengs.decode(sd, md, name=name, mac=MAC)
+    except DecodeError:
+        return
+    if d is not None:
+        _check(d)
+        assert all(m.unit for m in d.measurements)
+
+
 class _DriverRig:
     """One driver, scanning on a fake radio, driven from a private event loop."""
 
@@ -91,6 +119,7 @@ class _DriverRig:
             {"mac": "A4:C1:38:8D:18:B2", "sensor_id": "auto"},
             {"mac": MAC, "sensor_id": "enc", "bindkey": KEY.hex()},
             {"mac": "CB:B8:33:4C:88:4F", "sensor_id": "ruuvi", "format": "ruuvi"},
+            {"mac": "E3:5E:CC:21:5C:0F", "sensor_id": "theengs", "format": "theengs"},
         ]
         self.driver = make_driver(self.air, sensors, scanning_mode="active", queue_size=1_000_000)
         self.loop.run_until_complete(self.driver._aopen())
@@ -105,9 +134,9 @@ class _DriverRig:
 
 def test_driver_dispatch_never_raises_on_arbitrary_advertisements():
     rig = _DriverRig()
-    macs = st.sampled_from(["A4:C1:38:8D:18:B2", MAC, "CB:B8:33:4C:88:4F", "00:11:22:33:44:55"])
+    macs = st.sampled_from(["A4:C1:38:8D:18:B2", MAC, "CB:B8:33:4C:88:4F", "E3:5E:CC:21:5C:0F", "00:11:22:33:44:55"])
     service = st.dictionaries(st.sampled_from([BTHOME, ENV, 0x180F]), st.binary(max_size=40), max_size=3)
-    manufacturer = st.dictionaries(st.sampled_from([RUUVI, 0x004C]), st.binary(max_size=30), max_size=2)
+    manufacturer = st.dictionaries(st.sampled_from([RUUVI, 0x004C, 0xEC88, 0x0A66]), st.binary(max_size=30), max_size=2)
 
     @FUZZ
     @given(macs, service, manufacturer, st.integers(-127, 20))
@@ -115,7 +144,7 @@ def test_driver_dispatch_never_raises_on_arbitrary_advertisements():
         heard = rig.air.advertise(mac, service_data=sd, manufacturer_data=md, rssi=rssi)
         assert heard == 1
         for r in rig.drain():
-            assert r.sensor_id in {"auto", "enc", "ruuvi"} and r.unit, r
+            assert r.sensor_id in {"auto", "enc", "ruuvi", "theengs"} and r.unit, r
             assert math.isfinite(r.value) and r.rssi == rssi
 
     try:
