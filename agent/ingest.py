@@ -128,6 +128,10 @@ class Ingest:
                 item["calibration"] = cert
             if r.rssi is not None:
                 item["rssi"] = r.rssi
+            if r.model is not None:  # the device model a decoder recognised (BLE via Theengs)
+                item["model"] = r.model
+                if r.brand is not None:
+                    item["brand"] = r.brand
             if driver is not None:
                 item["driver"] = driver
             if sensor is not None and sensor.shipment:

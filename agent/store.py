@@ -66,7 +66,7 @@ _WORDS = {w: json.dumps(w) for w in ("reading", "alarm", "event", "synced", "uns
 
 
 #: the fields a plain reading may have to be written from a template, and the slots
-_TEMPLATE_KEYS = ("sensor_id", "quantity", "unit", "driver", "shipment", "calibration")
+_TEMPLATE_KEYS = ("sensor_id", "quantity", "unit", "driver", "shipment", "calibration", "model", "brand")
 _TEMPLATE_FIELDS = frozenset({*_TEMPLATE_KEYS, "value"})
 #: the keys of a reading item that can take the template path as it is (no copy of its fields)
 _FAST_READING_KEYS = frozenset({*_TEMPLATE_FIELDS, "type", "ts", "time_quality", "mono_ns", "boot_id"})
@@ -380,7 +380,7 @@ class Store:
                     tq = item["time_quality"]
                     sensor, quantity, unit = item["sensor_id"], item["quantity"], item["unit"]
                     key = (tq, sensor, quantity, unit, item.get("driver"), item.get("shipment"),
-                           item.get("calibration"))
+                           item.get("calibration"), item.get("model"), item.get("brand"))
                     tmpl = templates.get(key)
                     if tmpl is None:
                         tmpl = self._template(key)
