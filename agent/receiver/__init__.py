@@ -1,4 +1,4 @@
-"""The reference receiver: the server side of PROTOCOL.md (``/work/shared/PROTOCOL.md``).
+"""The reference receiver: the server side of PROTOCOL.md (``docs/protocol.md``).
 
 **A reference, not a production service.** It shows what a central service must do with a
 fleet's batches and lets the agent's tests, demo and field drills run against something

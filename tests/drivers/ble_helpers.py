@@ -13,7 +13,8 @@ from drivers.base import Reading
 from drivers.ble.fake import FakeAir
 from drivers.ble.scanner import BleDriver, BleOptions
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "../shared/data/ble/vectors.json"
+#: the spec vectors, vendored into the repository (provenance: tests/data/README.md)
+VECTORS_PATH = Path(__file__).resolve().parents[1] / "data" / "ble" / "vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 
 BTHOME = 0xFCD2
