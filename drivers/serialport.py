@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import serial
 from pydantic import Field
+from serial.urlhandler import protocol_socket
 
 from drivers.base import Driver, Options
 from drivers.checksums import ChecksumError
@@ -53,18 +54,35 @@ class SerialOptions(Options):
     stopbits: StopBits = 1
 
 
+class _SocketPort(protocol_socket.Serial):
+    """pyserial's ``socket://`` port, closed for certain.
+
+    pyserial's own ``close`` calls ``shutdown()`` before ``close()`` and swallows what it
+    raises: when the device server has already gone (the very case a reopen follows),
+    ``shutdown`` fails with ENOTCONN, the socket is never closed, and every reconnect
+    leaks a descriptor.
+    """
+
+    def close(self) -> None:
+        sock = self._socket
+        try:
+            super().close()
+        finally:
+            if sock is not None:
+                sock.close()
+
+
 def open_port(opts: SerialOptions, *, timeout: float | None = 1.0, driver: str | None = None) -> serial.SerialBase:
     """Open ``opts.port``; raise :class:`DriverUnavailable` with the reason when it cannot be had."""
+    settings: dict[str, Any] = {"baudrate": opts.baudrate, "bytesize": opts.bytesize, "parity": opts.parity,
+                                "stopbits": opts.stopbits, "timeout": timeout, "exclusive": True}
     try:
-        return serial.serial_for_url(
-            opts.port,
-            baudrate=opts.baudrate,
-            bytesize=opts.bytesize,
-            parity=opts.parity,
-            stopbits=opts.stopbits,
-            timeout=timeout,
-            exclusive=True,
-        )
+        if opts.port.lower().startswith("socket://"):
+            port = _SocketPort(None, **settings)  # as serial_for_url builds it, with our close
+            port.port = opts.port
+            port.open()
+            return port
+        return serial.serial_for_url(opts.port, **settings)
     except serial.SerialException as exc:
         raise DriverUnavailable(_open_reason(opts.port, exc), driver=driver) from exc
     except (OSError, ValueError) as exc:  # termios errors, bad URL or settings
