@@ -20,6 +20,8 @@ from typing import Any
 
 import rfc8785
 
+from agent.exc import NeedsLibrary
+
 ZERO_HASH = "0" * 64
 
 _dumps_str = json.JSONEncoder(ensure_ascii=False).encode
@@ -29,10 +31,6 @@ _BIG = 2**53
 _PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 #: JSON forms of strings seen lately (sensor ids, units, the stream id repeat endlessly)
 _STRINGS: dict[str, str] = {}
-
-
-class NeedsLibrary(ValueError):
-    """This value needs the library (nesting, big integers, exponent floats, odd keys)."""
 
 
 

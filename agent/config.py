@@ -232,10 +232,7 @@ def _check_drivers(raw: list[Any]) -> list[ConfigProblem]:
             names.add(name)
         try:
             cls = registry.get(d["type"])
-        except KeyError as exc:
-            problems.append(ConfigProblem(f"drivers[{i}].type", str(exc.args[0])))
-            continue
-        except DriverUnavailable as exc:
+        except DriverUnavailable as exc:  # UnknownDriver among them
             problems.append(ConfigProblem(f"drivers[{i}].type", str(exc)))
             continue
         try:

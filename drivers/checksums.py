@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
-from drivers.exc import DecodeError
+from drivers.exc import ChecksumError
+
+__all__ = ["ChecksumError", "crc16_xmodem", "nmea_xor"]
 
 
 def nmea_xor(data: bytes) -> int:
@@ -61,7 +63,3 @@ def crc16_modbus(data: bytes) -> int:
     for b in data:
         crc = (crc >> 8) ^ _MODBUS[(crc ^ b) & 0xFF]
     return crc
-
-
-class ChecksumError(DecodeError):
-    """A frame or line whose checksum does not match (or is missing where required)."""

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.exc import ColdgateError
+from agent.exc import ReceiverError
 
 SCHEMA_VERSION = 1
 
@@ -70,10 +70,6 @@ _MIGRATIONS: list[str] = [
     );
     """,
 ]
-
-
-class ReceiverError(ColdgateError):
-    """The reference receiver cannot do what was asked (no such database, newer schema, …)."""
 
 
 def now_iso() -> str:

@@ -21,6 +21,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from agent.exc import BodyError, SchemaViolation, TooLarge, Unparseable  # noqa: F401 - BodyError: validate.BodyError
+
 MAX_PROBLEMS = 20
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -30,32 +32,6 @@ ALARM_STATES = {"raised", "cleared", "acknowledged"}
 SEVERITIES = {"warning", "alarm"}
 
 
-class BodyError(Exception):
-    """The request body is refused; ``status`` is the HTTP status to answer with."""
-
-    status = 400
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": str(self)}
-        if self.problems:
-            out["problems"] = self.problems
-        return out
-
-
-class Unparseable(BodyError):
-    status = 400
-
-
-class SchemaViolation(BodyError):
-    status = 422
-
-
-class TooLarge(BodyError):
-    status = 413
 
 
 @dataclass(frozen=True)
