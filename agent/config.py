@@ -149,13 +149,6 @@ class Config(Model):
                 return s
         return None
 
-    def driver_options(self, name: str) -> Any:
-        """The validated options model of driver ``name``."""
-        for d in self.drivers:
-            if d.name == name:
-                return registry.get(d.type).Options.model_validate(d.options)
-        raise KeyError(name)
-
     def masked(self) -> dict[str, Any]:
         """The config as a plain dict with every secret masked (for ``config show``)."""
         data = self.model_dump(mode="json")

@@ -33,6 +33,14 @@ from drivers.exc import DecodeError, DriverError, DriverIOError, DriverUnavailab
 
 log = logging.getLogger(__name__)
 
+#: How long a sensor may stay silent before it counts as missing (seconds). The one
+#: default of the BLE driver's ``missing_after_s``, the presets' ``missing`` rule and
+#: ``coldgate status``, so that a sensor is never "missing" in one place and fine in
+#: another. 15 minutes: the presets' excursion delay (a sensor silent that long is as
+#: serious as an excursion that long), and well above the advertising interval of slow
+#: battery loggers (a few minutes), so a sleepy sensor does not flap missing and back.
+MISSING_AFTER_S = 900.0
+
 
 class Reading(NamedTuple):
     """One measured value, in PROTOCOL.md's quantities and SenML units.

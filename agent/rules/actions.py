@@ -4,8 +4,8 @@ A buzzer, a lamp, a modem sending an SMS: whatever ``[rules.action] command`` na
 with one alarm record on stdin. The agent's job is to record and send, so an action can
 never hold it up or bring it down: the command runs as a child process in its own
 session, is killed (with everything it started) at ``timeout_s``, and any failure — not
-found, non-zero exit, timeout — is logged and swallowed. :func:`start_action` runs it as a
-background task so the caller never awaits it.
+found, non-zero exit, timeout — is logged and swallowed. :func:`run_action` never raises;
+the daemon runs it as a task of its own so that nothing awaits it.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-_tasks: set[asyncio.Task[None]] = set()  # strong references: a running task is not collected
-
 
 async def run_action(command: list[str] | str, alarm: Mapping[str, Any], timeout_s: float) -> None:
     """Run ``command`` with ``alarm`` as JSON on stdin; kill it after ``timeout_s``. Never raises."""
@@ -71,11 +68,3 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
-
-
-def start_action(command: list[str] | str, alarm: Mapping[str, Any], timeout_s: float) -> asyncio.Task[None]:
-    """Run the action in the background on the running loop; returns its task."""
-    task = asyncio.get_running_loop().create_task(run_action(command, dict(alarm), timeout_s))
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-    return task

@@ -21,9 +21,6 @@ BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 ENV_SENSING_UUID = "0000181a-0000-1000-8000-00805f9b34fb"  # ATC1441 / pvvx custom
 RUUVI_COMPANY_ID = 0x0499
 
-FORMATS = ("bthome", "ruuvi", "atc")
-
-
 @dataclass(frozen=True, slots=True)
 class Measurement:
     """One decoded value in PROTOCOL.md's quantity and unit."""

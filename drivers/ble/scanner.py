@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from drivers.base import Driver, Options, Reading, Sink
+from drivers.base import MISSING_AFTER_S, Driver, Options, Reading, Sink
 from drivers.ble.common import NoKey, WrongKey, normalize_mac
 from drivers.ble.formats import decode_advertisement
 from drivers.exc import DecodeError, DriverIOError
@@ -76,7 +76,9 @@ class BleOptions(Options):
     silence_timeout_s: float = Field(
         default=120.0, gt=0, description="watchdog: restart the scan after this long without any advertisement"
     )
-    missing_after_s: float = Field(default=300.0, gt=0, description="mark a sensor missing after this long unheard")
+    missing_after_s: float = Field(
+        default=MISSING_AFTER_S, gt=0, description="mark a sensor missing after this long unheard (seconds)"
+    )
     queue_size: int = Field(default=10_000, ge=1, description="decoded advertisements held for the agent")
     backend: Literal["bleak", "fake"] = Field(
         default="bleak", description="bleak = the system radio; fake = the in-process fake radio (benches, tests)"
