@@ -9,9 +9,15 @@ needs and no driver should write again (after python-can's ``recv``/``_recv_inte
 A blocking driver (serial, Modbus) writes :meth:`Driver._read` and, where it holds a
 device, :meth:`Driver._open` and :meth:`Driver._close`; they run in a worker thread so the
 event loop never blocks. An asyncio-native driver (BLE) overrides the ``_a*`` twins
-instead. Errors are reported to the :class:`Sink` (which the agent turns into a
-``driver_error`` event and a status entry) and the driver is reopened with full-jitter
-exponential backoff; one failing driver never stops the others.
+instead. A failing driver is reopened with full-jitter exponential backoff; one failing
+driver never stops the others.
+
+A failure is reported as an *episode*, not once per retry: the :class:`Sink` gets one
+``driver_error`` event when it begins (with the error), the log says at most once a
+minute that it goes on, and one ``driver_recovered`` event (how many retries, how long it
+lasted, the last error) ends it, when the reopened driver delivers readings or has stayed
+open for :attr:`Driver.recovered_after_s`. ``status`` always holds the latest error and
+its time, and whether the driver is failing now.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -103,6 +110,12 @@ class DriverStatus:
     last_error_at: float | None = None
     next_retry_at: float | None = None
     restarts: int = 0
+    #: the failure episode in progress (epoch s), None while the driver works
+    failing_since: float | None = None
+    #: reopen attempts of the current (or, once recovered, the last) failure episode
+    retries: int = 0
+    #: when the last failure episode ended (epoch s)
+    recovered_at: float | None = None
     #: Driver-specific status (per-sensor RSSI and last-heard, port names, …), JSON-able.
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +127,9 @@ class DriverStatus:
             "last_error_at": self.last_error_at,
             "next_retry_at": self.next_retry_at,
             "restarts": self.restarts,
+            "failing_since": self.failing_since,
+            "retries": self.retries,
+            "recovered_at": self.recovered_at,
             "details": self.details,
         }
 
@@ -132,6 +148,9 @@ class RateLimitedLog:
         self._suppressed: Counter[str] = Counter()
 
     def warning(self, key: str, msg: str, *args: Any) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
@@ -140,7 +159,12 @@ class RateLimitedLog:
         extra = self._suppressed.pop(key, 0)
         self._last[key] = now
         suffix = f" ({extra} more like this suppressed)" if extra else ""
-        self._logger.warning(msg + suffix, *args)
+        self._logger.log(level, msg + suffix, *args, exc_info=exc_info)
+
+    def forget(self, key: str) -> None:
+        """The problem is over: the next one is logged at once."""
+        self._last.pop(key, None)
+        self._suppressed.pop(key, None)
 
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None) -> float:
@@ -161,6 +185,9 @@ class Driver(abc.ABC):
     #: Backoff between reopen attempts.
     backoff_base_s: ClassVar[float] = 1.0
     backoff_cap_s: ClassVar[float] = 60.0
+    #: A reopened driver that delivers nothing (a quiet bus, no sensor in range) has
+    #: recovered once it stayed open this long without failing (seconds).
+    recovered_after_s: ClassVar[float] = 10.0
 
     def __init__(self, name: str, options: _Options) -> None:
         self.name = name
@@ -214,24 +241,24 @@ class Driver(abc.ABC):
         if self._stopping is None:
             self._stopping = asyncio.Event()
         attempt = 0
-        failed = False
+        episode: _Episode | None = None  # the failure in progress
         while not self.stopping:
             opened = False
             try:
                 self.status.state = "starting"
                 await self._aopen()
                 opened = True
+                opened_at = time.monotonic()
                 self.status.state = "running"
                 self.status.next_retry_at = None
-                if failed:
-                    sink.driver_event(self.name, "driver_recovered", {"after_restarts": self.status.restarts})
-                    self.log.info("%s recovered", self.name)
-                    failed = False
                 deliver_many = getattr(sink, "reading_batch", None)
                 if not callable(deliver_many):
                     deliver_many = None
                 while not self.stopping:
                     batch = await self._aread(self.read_timeout_s)
+                    if episode is not None and (batch or time.monotonic() - opened_at >= self.recovered_after_s):
+                        self._recovered(sink, episode)
+                        episode = None
                     if not batch:
                         continue
                     if deliver_many is not None:
@@ -246,8 +273,7 @@ class Driver(abc.ABC):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal
-                failed = True
-                self._report(sink, exc, opened)
+                episode = self._report(sink, exc, opened, episode)
                 delay = backoff_delay(attempt, base=self.backoff_base_s, cap=self.backoff_cap_s)
                 attempt += 1
                 self.status.restarts += 1
@@ -261,7 +287,8 @@ class Driver(abc.ABC):
                         await self._aclose()
         self.status.state = "stopped"
 
-    def _report(self, sink: Sink, exc: BaseException, opened: bool) -> None:
+    def _report(self, sink: Sink, exc: BaseException, opened: bool, episode: _Episode | None) -> _Episode:
+        """Count a failure; the first of an episode is an event, the rest are rate-limited log lines."""
         if isinstance(exc, DriverError):
             kind = type(exc).__name__
             msg = str(exc.args[0]) if exc.args else kind
@@ -270,17 +297,57 @@ class Driver(abc.ABC):
         else:
             kind = "DriverIOError" if opened else "DriverUnavailable"
             msg = f"{type(exc).__name__}: {exc}"
+        now = time.time()
         self.status.last_error = f"{kind}: {msg}"
-        self.status.last_error_at = time.time()
+        self.status.last_error_at = now
         self.status.counters["errors"] += 1
-        level = logging.WARNING if isinstance(exc, (DriverUnavailable, DriverIOError)) else logging.ERROR
-        self.log.log(level, "%s %s: %s (retrying with backoff)", self.name, kind, msg,
-                     exc_info=level == logging.ERROR)
+        expected = isinstance(exc, (DriverUnavailable, DriverIOError))
+        level = logging.WARNING if expected else logging.ERROR
+        if episode is not None:
+            episode.retries += 1
+            self.status.retries = episode.retries
+            self.noisy.log(level, "failing", "%s still failing after %d retries in %.0f s: %s: %s (retrying with backoff)",
+                           self.name, episode.retries, time.monotonic() - episode.began_mono, kind, msg)
+            return episode
+        self.status.failing_since = now
+        self.status.retries = 0
+        self.noisy.forget("failing")
+        self.noisy.log(level, "failing", "%s %s: %s (retrying with backoff)", self.name, kind, msg,
+                       exc_info=not expected)
         sink.driver_event(
             self.name,
             "driver_error",
             {"driver": self.name, "type": self.type_name, "error": kind, "message": msg, "phase": "read" if opened else "open"},
         )
+        return _Episode(began_at=now, began_mono=time.monotonic())
+
+    def _recovered(self, sink: Sink, episode: _Episode) -> None:
+        """The failure episode is over: one event says how long it lasted and how many retries it took."""
+        duration = time.monotonic() - episode.began_mono
+        retries = episode.retries + 1  # the reopen that worked is a retry too
+        self.status.failing_since = None
+        self.status.retries = retries
+        self.status.recovered_at = time.time()
+        self.noisy.forget("failing")
+        self.log.info("%s recovered after %d retries in %.1f s", self.name, retries, duration)
+        sink.driver_event(self.name, "driver_recovered", {
+            "driver": self.name, "type": self.type_name, "retries": retries, "duration_s": round(duration, 3),
+            "failing_since": _rfc3339(episode.began_at), "last_error": self.status.last_error,
+        })
+
+
+@dataclass
+class _Episode:
+    """A failure in progress: since when, and how many reopen attempts failed since."""
+
+    began_at: float  # wall clock, for the record
+    began_mono: float  # monotonic, for the duration
+    retries: int = 0
+
+
+def _rfc3339(ts: float) -> str:
+    """UTC, milliseconds, ``Z`` (as every record's ``ts``)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
