@@ -18,10 +18,10 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
 
 from agent.exc import ConfigError, ConfigProblem
 from agent.rules.config import RulesConfig
@@ -164,6 +164,59 @@ class Config(Model):
                     if any(word in key.lower() for word in ("key", "token", "password", "secret")):
                         sensor[key] = _mask_tree(sensor[key])
         return data
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file (``coldgate config schema``), complete: each
+    ``[[drivers]]`` table is one of the registered drivers' options, told apart by ``type``.
+
+    :class:`DriverConfig` lets any keys through so that each driver validates its own
+    (after loading it by name); the schema spells them out instead. The driver modules are
+    imported here, when the schema is asked for, never when this module is; a driver that
+    cannot be loaded is listed with its common keys only.
+    """
+    members: list[Any] = []
+    for type_name in registry.names():
+        try:
+            options: type[BaseModel] = registry.get(type_name).Options
+            doc = (options.__doc__ or "").strip().splitlines()[0] if options.__doc__ else ""
+        except DriverUnavailable as exc:
+            options, doc = _UnloadableOptions, f"(this build cannot load it: {exc})"
+        tag: Any = Literal[type_name]
+        members.append(create_model(
+            f"{type_name.capitalize()}DriverConfig",
+            __base__=options,
+            __doc__=f"``[[drivers]]`` of type {type_name!r}: {doc}".rstrip(": "),
+            name=(str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="this driver's name")),
+            type=(tag, Field(description="the driver type")),
+            enabled=(bool, Field(default=True, description="false: configured but not started")),
+        ))
+    entry: Any = Annotated[Union[tuple(members)], Field(discriminator="type")]  # noqa: UP007 - built at run time
+    full = create_model("Config", __base__=Config, __doc__=Config.__doc__,
+                        drivers=(list[entry], Field(default_factory=list, description="the drivers to run")))
+    schema = full.model_json_schema()
+    _allow_rule_changes(schema)
+    return schema
+
+
+def _allow_rule_changes(schema: dict[str, Any]) -> None:
+    """A profile that ``extends`` another may give only the keys of a rule that differ (they
+    are merged before validation, :func:`agent.rules.config.resolve_profiles`): besides a
+    whole rule, each entry of ``rules`` may be such a change, without ``type``, of known keys."""
+    defs = schema.get("$defs", {})
+    rules = defs.get("Profile", {}).get("properties", {}).get("rules", {})
+    keys = sorted({k for name, d in defs.items() if name.endswith("Rule") for k in d.get("properties", {})} - {"type"})
+    change = {"type": "object", "title": "RuleChange", "not": {"required": ["type"]},
+              "properties": {k: {} for k in keys}, "additionalProperties": False,
+              "description": "a change to a rule of the profile this one extends: only the keys that differ"}
+    for pattern, whole in list(rules.get("patternProperties", {}).items()):
+        rules["patternProperties"][pattern] = {"anyOf": [whole, change]}
+
+
+class _UnloadableOptions(BaseModel):
+    """Options of a driver this build cannot load: not checked here (``config check`` says why)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
 
 def _mask_tree(v: Any) -> Any:

@@ -29,7 +29,9 @@ def register(sub: Any) -> None:
     add_json_arg(show)
     show.set_defaults(func=cmd_show)
 
-    schema = csub.add_parser("schema", help="print the config's JSON Schema")
+    schema = csub.add_parser(
+        "schema", help="print the config's JSON Schema, every driver's options included (JSON, with or without --json)")
+    add_json_arg(schema)
     schema.set_defaults(func=cmd_schema)
 
     apply = csub.add_parser(
@@ -66,9 +68,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from agent.config import Config
+    from agent.config import json_schema
 
-    json.dump(Config.model_json_schema(), sys.stdout, indent=2)
+    json.dump(json_schema(), sys.stdout, indent=2)  # JSON is its text form too
     sys.stdout.write("\n")
     return 0
 
@@ -77,14 +79,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """Validate first; only a valid file replaces the live one (atomically), then SIGHUP."""
     from agent import config
     from agent.daemon import running_pid
-    from agent.exc import ConfigError
+    from agent.exc import ColdgateError, ConfigError
 
     new, live = Path(args.file), Path(args.config)
     try:
         cfg = config.loads(new.read_text(encoding="utf-8"), source=str(new), base_dir=live.parent)
     except OSError as exc:
-        print(f"coldgate: cannot read {new}: {exc.strerror}", file=sys.stderr)
-        return 1
+        raise ColdgateError(f"cannot read {new}: {exc.strerror}") from exc
     except ConfigError as exc:
         report = exc.report() + f"\n{live} left unchanged."
         emit(args, {"applied": False, "problems": [p.__dict__ for p in exc.problems]}, lambda _: report)
