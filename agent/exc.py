@@ -32,6 +32,7 @@ from drivers.exc import (
     TooLarge,
     UnknownDriver,
     Unparseable,
+    UsageError,
     WrongKey,
 )
 
@@ -60,5 +61,6 @@ __all__ = [
     "TooLarge",
     "UnknownDriver",
     "Unparseable",
+    "UsageError",
     "WrongKey",
 ]

@@ -24,6 +24,7 @@ drifting apart (``tests/drivers/test_exc.py`` checks both ways)::
     │   ├── SyncTooLarge           413: split and retried
     │   └── SyncTransient          408/429/5xx, network errors, timeouts
     ├── ReplayError                ``rules replay``: an unusable CSV (carries ``line``)
+    ├── UsageError                 a command line that is not valid, exit 2 (carries ``prog``, ``usage``)
     └── ReceiverError              the reference receiver cannot do what was asked
         └── BodyError              a batch request refused (carries ``status``, ``problems``)
             ├── Unparseable        400: not gzip, not JSON
@@ -168,6 +169,17 @@ class ReplayError(ColdgateError):
         self.line = line
 
 
+class UsageError(ColdgateError):
+    """A command line the CLI refuses (argparse's own error, raised instead of its exit so
+    that ``--json`` answers it as JSON too). ``prog`` names the command, ``usage`` is its
+    usage line."""
+
+    def __init__(self, message: str, *, prog: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.usage = usage
+
+
 # -- the reference receiver --------------------------------------------------------------
 
 
@@ -241,5 +253,6 @@ __all__ = [
     "TooLarge",
     "UnknownDriver",
     "Unparseable",
+    "UsageError",
     "WrongKey",
 ]

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from agent import __version__
-from agent.exc import ColdgateError, ConfigError
+from agent.exc import ColdgateError, ConfigError, UsageError
 
 COMMAND_MODULES: list[str] = [
     "agent.cli.run_cmd",
@@ -37,20 +37,11 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-class UsageError(Exception):
-    """A command line argparse refuses (exit 2); raised instead of argparse's own exit so
-    that ``--json`` can answer it as JSON too."""
-
-    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
-        super().__init__(message)
-        self.parser = parser
-
-
 class Parser(argparse.ArgumentParser):
     """argparse, with usage errors raised to :func:`main` (sub-parsers inherit the class)."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(self, message)
+        raise UsageError(message, prog=self.prog, usage=self.format_usage())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
         except UsageError as exc:
             if not as_json:
-                exc.parser.print_usage(sys.stderr)
-                print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+                sys.stderr.write(exc.usage)
+                print(f"{exc.prog}: error: {exc}", file=sys.stderr)
                 return EX_USAGE
-            return _fail(True, EX_USAGE, f"{exc.parser.prog}: {exc}", "UsageError")
+            return _fail(True, EX_USAGE, f"{exc.prog}: {exc}", "UsageError")
         as_json = bool(getattr(args, "json", False))
         if args.verbose:
             logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
@@ -90,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             code = int(args.func(args) or 0)
         except UsageError as exc:  # a command's own check of its arguments
-            return _fail(as_json, EX_USAGE, f"{exc.parser.prog}: {exc}", "UsageError")
+            return _fail(as_json, EX_USAGE, f"{exc.prog}: {exc}", "UsageError")
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
     except BrokenPipeError:
