@@ -21,6 +21,7 @@ from typing import Any
 
 import rfc8785
 
+from agent.exc import NeedsLibrary
 from agent.protocol import ZERO_HASH, record_hash
 
 __all__ = ["ZERO_HASH", "NeedsLibrary", "canonical", "canonical_with", "record_hash", "scalar", "template", "verify"]
@@ -32,10 +33,6 @@ _BIG = 2**53
 _PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 #: JSON forms of strings seen lately (sensor ids, units, the stream id repeat endlessly)
 _STRINGS: dict[str, str] = {}
-
-
-class NeedsLibrary(ValueError):
-    """This value needs the library (nesting, big integers, exponent floats, odd keys)."""
 
 
 

@@ -26,19 +26,29 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import stat
 import tomllib
 import types
 import typing
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    Strict,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from agent.exc import ConfigError, ConfigProblem
 from agent.rules.config import RulesConfig
+from agent.secretfile import check_secret_file  # noqa: F401 - agent.config.check_secret_file, as before
 from agent.shipment.config import ShipmentsConfig, ShipmentSpec
 from drivers import registry
 from drivers.exc import DriverUnavailable
@@ -300,13 +310,6 @@ class Config(Model):
                 return s
         return None
 
-    def driver_options(self, name: str) -> Any:
-        """The validated options model of driver ``name``."""
-        for d in self.drivers:
-            if d.name == name:
-                return registry.get(d.type).Options.model_validate(d.options)
-        raise KeyError(name)
-
     def masked(self) -> dict[str, Any]:
         """The config as a plain dict with every secret masked (for ``config show``)."""
         data = self.model_dump(mode="json")
@@ -357,6 +360,59 @@ def mask_data(value: Any) -> Any:
     if isinstance(value, str):
         return mask_text(value)
     return value
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file (``coldgate config schema``), complete: each
+    ``[[drivers]]`` table is one of the registered drivers' options, told apart by ``type``.
+
+    :class:`DriverConfig` lets any keys through so that each driver validates its own
+    (after loading it by name); the schema spells them out instead. The driver modules are
+    imported here, when the schema is asked for, never when this module is; a driver that
+    cannot be loaded is listed with its common keys only.
+    """
+    members: list[Any] = []
+    for type_name in registry.names():
+        try:
+            options: type[BaseModel] = registry.get(type_name).Options
+            doc = (options.__doc__ or "").strip().splitlines()[0] if options.__doc__ else ""
+        except DriverUnavailable as exc:
+            options, doc = _UnloadableOptions, f"(this build cannot load it: {exc})"
+        tag: Any = Literal[type_name]
+        members.append(create_model(
+            f"{type_name.capitalize()}DriverConfig",
+            __base__=options,
+            __doc__=f"``[[drivers]]`` of type {type_name!r}: {doc}".rstrip(": "),
+            name=(str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="this driver's name")),
+            type=(tag, Field(description="the driver type")),
+            enabled=(bool, Field(default=True, description="false: configured but not started")),
+        ))
+    entry: Any = Annotated[Union[tuple(members)], Field(discriminator="type")]  # noqa: UP007 - built at run time
+    full = create_model("Config", __base__=Config, __doc__=Config.__doc__,
+                        drivers=(list[entry], Field(default_factory=list, description="the drivers to run")))
+    schema = full.model_json_schema()
+    _allow_rule_changes(schema)
+    return schema
+
+
+def _allow_rule_changes(schema: dict[str, Any]) -> None:
+    """A profile that ``extends`` another may give only the keys of a rule that differ (they
+    are merged before validation, :func:`agent.rules.config.resolve_profiles`): besides a
+    whole rule, each entry of ``rules`` may be such a change, without ``type``, of known keys."""
+    defs = schema.get("$defs", {})
+    rules = defs.get("Profile", {}).get("properties", {}).get("rules", {})
+    keys = sorted({k for name, d in defs.items() if name.endswith("Rule") for k in d.get("properties", {})} - {"type"})
+    change = {"type": "object", "title": "RuleChange", "not": {"required": ["type"]},
+              "properties": {k: {} for k in keys}, "additionalProperties": False,
+              "description": "a change to a rule of the profile this one extends: only the keys that differ"}
+    for pattern, whole in list(rules.get("patternProperties", {}).items()):
+        rules["patternProperties"][pattern] = {"anyOf": [whole, change]}
+
+
+class _UnloadableOptions(BaseModel):
+    """Options of a driver this build cannot load: not checked here (``config check`` says why)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
 
 def _mask_tree(v: Any) -> Any:
@@ -478,10 +534,7 @@ def _check_drivers(raw: list[Any]) -> list[ConfigProblem]:
             names.add(name)
         try:
             cls = registry.get(d["type"])
-        except KeyError as exc:
-            problems.append(ConfigProblem(f"drivers[{i}].type", str(exc.args[0])))
-            continue
-        except DriverUnavailable as exc:
+        except DriverUnavailable as exc:  # UnknownDriver among them
             problems.append(ConfigProblem(f"drivers[{i}].type", str(exc)))
             continue
         try:
@@ -549,25 +602,6 @@ def preflight(config: Config, **kwargs: Any) -> list[ConfigProblem]:
     from agent.preflight import preflight as check
 
     return check(config, **kwargs)
-
-
-def check_secret_file(path: Path, what: str) -> str:
-    """Read a secret from ``path``; refuse it if group or others may read it."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise ConfigError(str(path), [ConfigProblem(what, f"cannot read {path}: {exc.strerror or exc}")]) from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            str(path),
-            [ConfigProblem(what, f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
-                           f"run: chmod 600 {path}")],
-        )
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(str(path), [ConfigProblem(what, f"cannot read {path}: {reason}")]) from exc
 
 
 # -- error reporting -------------------------------------------------------------------

@@ -110,7 +110,7 @@ class DriverSet:
             d = self.drivers.get(name)
             if d is not None:
                 st = d.status.as_dict()
-                for k in ("last_error_at", "resolved_at", "next_retry_at"):
+                for k in ("last_error_at", "failing_since", "recovered_at", "next_retry_at"):
                     if isinstance(st.get(k), (int, float)):
                         st[k] = rfc3339(st[k])
                 out[name] = {"type": d.type_name, **st}

@@ -140,7 +140,7 @@ def _readable(path: Path, where: str) -> tuple[bytes | None, list[ConfigProblem]
 
 
 def _token_file(path: Path) -> list[ConfigProblem]:
-    from agent.config import check_secret_file
+    from agent.secretfile import check_secret_file
 
     if isinstance(_stat(path), FileNotFoundError):
         return [ConfigProblem("uplink.token_file", f"{path} does not exist")]

@@ -29,7 +29,7 @@ from typing import Any
 
 import rfc8785
 
-from agent.exc import ColdgateError
+from agent.exc import ProtocolError, Uncanonical
 
 PROTOCOL_VERSION = 1
 ZERO_HASH = "0" * 64
@@ -44,12 +44,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEY = re.compile(r"^(?P<gateway>.+):(?P<stream>[^:]+):(?P<first>[1-9][0-9]*)-(?P<last>[1-9][0-9]*)$")
 
 
-class ProtocolError(ColdgateError):
-    """Something is not what the protocol says: an Idempotency-Key, a public key, an export line."""
-
-
-class Uncanonical(ProtocolError, ValueError):
-    """A value with no RFC 8785 form (NaN, an integer beyond 2**53, a non-string key…)."""
 
 
 # -- canonical JSON and the record hash ---------------------------------------------------

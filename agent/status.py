@@ -227,9 +227,11 @@ def _driver_line(name: str, d: dict[str, Any]) -> str:
     counters = d.get("counters") or {}
     if counters:
         line += " " + " ".join(f"{k}={v}" for k, v in sorted(counters.items()))
-    if d.get("last_error"):
+    if d.get("failing_since"):
+        line += f" — FAILING since {when(d['failing_since'])}, {d.get('retries', 0)} retries: {d.get('last_error')}"
+    elif d.get("last_error"):
         at = f" at {when(d['last_error_at'])}" if d.get("last_error_at") else ""
-        resolved = f", resolved {when(d['resolved_at'])}" if d.get("resolved_at") else ""
+        resolved = f", resolved {when(d['recovered_at'])}" if d.get("recovered_at") else ""
         line += f" — last error{at}{resolved}: {d['last_error']}"
     return line
 

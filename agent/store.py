@@ -96,41 +96,32 @@ def _json_word(word: str) -> str:
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute(
-        """CREATE TABLE records (
-            seq INTEGER PRIMARY KEY,
-            type TEXT NOT NULL,
-            ts REAL NOT NULL,
-            tq TEXT NOT NULL,
-            sensor_id TEXT,
-            quantity TEXT,
-            body TEXT NOT NULL,
-            hash TEXT NOT NULL,
-            mono_ns INTEGER,
-            boot_id TEXT,
-            state INTEGER NOT NULL DEFAULT 0
-        )"""
+    db.table("meta").create({"key": str, "value": str}, pk="key", not_null={"value"})
+    db.table("records").create(
+        {"seq": int, "type": str, "ts": float, "tq": str, "sensor_id": str, "quantity": str, "body": str,
+         "hash": str, "mono_ns": int, "boot_id": str, "state": int},
+        pk="seq", not_null={"type", "ts", "tq", "body", "hash", "state"}, defaults={"state": PENDING},
     )
-    # the sync queue: alarms and events first, then the reading backlog, each by seq
+    # The sync queue: alarms and events first, then the reading backlog, each by seq.
+    # Partial indexes: sqlite-utils's create_index has no WHERE.
     db.execute("CREATE INDEX records_pending ON records(seq) WHERE state = 0")  # dropped by 2
     db.execute("CREATE INDEX records_pending_urgent ON records(seq) WHERE state = 0 AND type != 'reading'")
-    db.execute("CREATE TABLE set_aside (seq INTEGER PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL)")
-    db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute(
-        "CREATE TABLE latest (sensor_id TEXT, quantity TEXT, seq INTEGER, ts REAL, value REAL, unit TEXT,"
-        " PRIMARY KEY (sensor_id, quantity))"
+    db.table("set_aside").create({"seq": int, "reason": str, "at": float}, pk="seq", not_null={"reason", "at"})
+    db.table("state").create({"key": str, "value": str}, pk="key", not_null={"value"})
+    db.table("latest").create(
+        {"sensor_id": str, "quantity": str, "seq": int, "ts": float, "value": float, "unit": str},
+        pk=("sensor_id", "quantity"),
     )
-    db.execute(
-        "CREATE TABLE commands (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL,"
-        " created REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0)"
+    db.table("commands").create(
+        {"id": int, "kind": str, "payload": str, "created": float, "done": int},
+        pk="id", not_null={"kind", "payload", "created", "done"}, defaults={"done": 0},
     )
 
 
 def _migration_2(db: sqlite_utils.Database) -> None:
     # The reading backlog is walked in seq (rowid) order from the lowest unsent seq; an
     # index of every pending row cost each insert a second B-tree write.
-    db.execute("DROP INDEX IF EXISTS records_pending")
+    db.table("records").drop_index("records_pending", ignore=True)
 
 
 def _migration_3(db: sqlite_utils.Database) -> None:
@@ -166,6 +157,7 @@ class Store:
         self.reader = False
         self._lost: dict[str, Any] = {}
         self._last_loss_event = 0.0
+        self._db: sqlite_utils.Database | None = None
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -342,7 +334,7 @@ class Store:
                     seqs = self._append_locked(items, state)
             except sqlite3.Error as exc:
                 self._lost, self._refusing, self._last_loss_event = saved
-                if "full" in str(exc).lower():
+                if _is_full(exc):
                     raise StoreFull(f"disk full while writing {len(items)} records: {exc}") from exc
                 raise StoreError(f"append failed: {type(exc).__name__}: {exc}") from exc
             except BaseException:
@@ -597,6 +589,16 @@ class Store:
             return cur.rowcount
 
     # -- reading back ------------------------------------------------------------------
+    # The queries behind ``coldgate readings``, ``alarms`` and ``events`` go through
+    # sqlite-utils (rows as dicts, the WHERE built from parts); the hot paths above stay
+    # on the raw connection.
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This store's connection seen through sqlite-utils, for reading back."""
+        if self._db is None:
+            self._db = _db(self.conn)
+        return self._db
+
     def records(self, *, type: str | None = None, sensor_id: str | None = None, since_seq: int | None = None,
                 limit: int | None = None, descending: bool = False,
                 with_state: bool = False) -> list[dict[str, Any]]:
@@ -604,30 +606,45 @@ class Store:
 
         ``with_state`` adds the local ``_state`` (pending, acked, set_aside).
         """
-        where: list[str] = ["1=1"]
-        args: list[Any] = []
-        if type is not None:
-            where.append("type = ?")
-            args.append(type)
-        if sensor_id is not None:
-            where.append("sensor_id = ?")
-            args.append(sensor_id)
-        if since_seq is not None:
-            where.append("seq > ?")
-            args.append(since_seq)
-        sql = (f"SELECT body, hash, state FROM records WHERE {' AND '.join(where)}"
-               f" ORDER BY seq {'DESC' if descending else 'ASC'}")
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
+        terms = {"type = ?": type, "sensor_id = ?": sensor_id, "seq > ?": since_seq}
+        return self._query({t: v for t, v in terms.items() if v is not None}, limit=limit, descending=descending,
+                           with_state=with_state)
+
+    def events(self, *, names: Sequence[str] = (), since_ts: float | None = None,
+               limit: int | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` event records (of the ``names`` given, at or after
+        ``since_ts``), oldest first. Alarms are not events; set-aside batches, driver
+        errors, clock steps and data losses are."""
+        terms: dict[str, Any] = {"type = ?": "event"}
+        if names:
+            terms[f"json_extract(body, '$.event') IN ({', '.join('?' * len(names))})"] = list(names)
+        if since_ts is not None:
+            terms["ts >= ?"] = since_ts
+        # ``type != 'reading'`` lets a partial index of the non-readings serve the query
+        terms["type != 'reading'"] = None
+        found = self._query(terms, limit=limit, descending=True, with_state=False)
+        found.reverse()
+        return found
+
+    def _query(self, terms: Mapping[str, Any], *, limit: int | None, descending: bool,
+               with_state: bool) -> list[dict[str, Any]]:
+        where, args = [], []
+        for term, value in terms.items():
+            where.append(term)
+            if isinstance(value, list):
+                args += value
+            elif value is not None:
+                args.append(value)
         with self._lock:
-            rows = self.conn.execute(sql, args).fetchall()
+            rows = list(self.db.table("records").rows_where(
+                " AND ".join(where) or None, args, order_by=f"seq {'DESC' if descending else 'ASC'}",
+                select="body, hash, state", limit=None if limit is None else int(limit)))
         out = []
-        for body, h, st in rows:
-            rec = json.loads(body)
-            rec["hash"] = h
+        for row in rows:
+            rec = json.loads(row["body"])
+            rec["hash"] = row["hash"]
             if with_state:
-                rec["_state"] = ("pending", "acked", "set_aside")[st]
+                rec["_state"] = ("pending", "acked", "set_aside")[row["state"]]
             out.append(rec)
         return out
 
@@ -724,7 +741,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     The version is read again under the write lock, so two processes opening a new
     store at once (the daemon creating it, the CLI reading it) never run one twice.
     """
-    db = sqlite_utils.Database(conn)
+    db = _db(conn)
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -742,6 +759,16 @@ def _migrate(conn: sqlite3.Connection) -> None:
             _rollback(conn)
             raise
         log.info("store migrated to schema %d (%s)", version + 1, name)
+
+
+def _db(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """``conn`` through sqlite-utils, leaving the connection as it is (no pragma, no plugin)."""
+    return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the disk (or ``max_page_count``) is full, by SQLite's own code, not its wording."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -9,9 +9,15 @@ needs and no driver should write again (after python-can's ``recv``/``_recv_inte
 A blocking driver (serial, Modbus) writes :meth:`Driver._read` and, where it holds a
 device, :meth:`Driver._open` and :meth:`Driver._close`; they run in a worker thread so the
 event loop never blocks. An asyncio-native driver (BLE) overrides the ``_a*`` twins
-instead. Errors are reported to the :class:`Sink` (which the agent turns into a
-``driver_error`` event and a status entry) and the driver is reopened with full-jitter
-exponential backoff; one failing driver never stops the others.
+instead. A failing driver is reopened with full-jitter exponential backoff; one failing
+driver never stops the others.
+
+A failure is reported as an *episode*, not once per retry: the :class:`Sink` gets one
+``driver_error`` event when it begins (with the error), the log says at most once a
+minute that it goes on, and one ``driver_recovered`` event (how many retries, how long it
+lasted, the last error) ends it, when the reopened driver delivers readings or has stayed
+open for :attr:`Driver.recovered_after_s`. ``status`` always holds the latest error and
+its time, and whether the driver is failing now.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 from drivers.exc import DecodeError, DriverError, DriverIOError, DriverUnavailable
@@ -34,6 +41,14 @@ from drivers.fields import StrictModel
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: How long a sensor may stay silent before it counts as missing (seconds). The one
+#: default of the BLE driver's ``missing_after_s``, the presets' ``missing`` rule and
+#: ``coldgate status``, so that a sensor is never "missing" in one place and fine in
+#: another. 15 minutes: the presets' excursion delay (a sensor silent that long is as
+#: serious as an excursion that long), and well above the advertising interval of slow
+#: battery loggers (a few minutes), so a sleepy sensor does not flap missing and back.
+MISSING_AFTER_S = 900.0
 
 
 class Reading(NamedTuple):
@@ -99,10 +114,14 @@ class DriverStatus:
     counters: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
     last_error_at: float | None = None
-    #: when the driver recovered from ``last_error`` (None while it lasts)
-    resolved_at: float | None = None
     next_retry_at: float | None = None
     restarts: int = 0
+    #: the failure episode in progress (epoch s), None while the driver works
+    failing_since: float | None = None
+    #: reopen attempts of the current (or, once recovered, the last) failure episode
+    retries: int = 0
+    #: when the last failure episode ended (epoch s)
+    recovered_at: float | None = None
     #: Driver-specific status (per-sensor RSSI and last-heard, port names, …), JSON-able.
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -112,9 +131,11 @@ class DriverStatus:
             "counters": dict(self.counters),
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
-            "resolved_at": self.resolved_at,
             "next_retry_at": self.next_retry_at,
             "restarts": self.restarts,
+            "failing_since": self.failing_since,
+            "retries": self.retries,
+            "recovered_at": self.recovered_at,
             "details": self.details,
         }
 
@@ -133,6 +154,9 @@ class RateLimitedLog:
         self._suppressed: Counter[str] = Counter()
 
     def warning(self, key: str, msg: str, *args: Any) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
@@ -141,7 +165,12 @@ class RateLimitedLog:
         extra = self._suppressed.pop(key, 0)
         self._last[key] = now
         suffix = f" ({extra} more like this suppressed)" if extra else ""
-        self._logger.warning(msg + suffix, *args)
+        self._logger.log(level, msg + suffix, *args, exc_info=exc_info)
+
+    def forget(self, key: str) -> None:
+        """The problem is over: the next one is logged at once."""
+        self._last.pop(key, None)
+        self._suppressed.pop(key, None)
 
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None) -> float:
@@ -162,6 +191,9 @@ class Driver(abc.ABC):
     #: Backoff between reopen attempts.
     backoff_base_s: ClassVar[float] = 1.0
     backoff_cap_s: ClassVar[float] = 60.0
+    #: A reopened driver that delivers nothing (a quiet bus, no sensor in range) has
+    #: recovered once it stayed open this long without failing (seconds).
+    recovered_after_s: ClassVar[float] = 10.0
 
     def __init__(self, name: str, options: _Options) -> None:
         self.name = name
@@ -245,6 +277,7 @@ class Driver(abc.ABC):
                 life.opened()
                 while not self.stopping:
                     batch = self._read(self.read_timeout_s)
+                    life.after_read(bool(batch))
                     if batch:
                         life.deliver(batch)
             except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal
@@ -267,6 +300,7 @@ class Driver(abc.ABC):
                 life.opened()
                 while not self.stopping:
                     batch = await self._aread(self.read_timeout_s)
+                    life.after_read(bool(batch))
                     if batch:
                         life.deliver(batch)
                         if wait_room is not None:
@@ -289,15 +323,17 @@ class _Lifecycle:
     A device that stays unplugged for an hour is one ``driver_error`` (when the failure
     began, with the error) and one ``driver_recovered`` (how long it lasted, how many
     reopen attempts), not an event per retry: the stream and the journal say what
-    happened without drowning the readings. While it lasts the log repeats the error
-    at a limited rate and ``status`` shows the latest error and its time.
+    happened without drowning the readings. While it lasts the log repeats the error at a
+    limited rate and ``status`` shows the latest error, since when it fails and the
+    retries. A reopened driver has recovered once it delivers, or has stayed open
+    :attr:`Driver.recovered_after_s` (a port that opens and fails at once has not).
     """
 
     def __init__(self, driver: Driver, sink: Sink) -> None:
         self.driver, self.sink = driver, sink
         self.attempt = 0
-        self.episode_began: float | None = None  # monotonic
-        self.episode_retries = 0
+        self.episode: _Episode | None = None
+        self.opened_at = 0.0
         deliver_many = getattr(sink, "reading_batch", None)
         self.deliver_many = deliver_many if callable(deliver_many) else None
 
@@ -305,8 +341,12 @@ class _Lifecycle:
         d = self.driver
         d.status.state = "running"
         d.status.next_retry_at = None
-        if self.episode_began is not None:
-            self.recovered()
+        self.opened_at = time.monotonic()
+
+    def after_read(self, got: bool) -> None:
+        if self.episode is not None and (got or time.monotonic() - self.opened_at >= self.driver.recovered_after_s):
+            self.recovered(self.episode)
+            self.episode = None
 
     def deliver(self, batch: Iterable[Reading]) -> None:
         d = self.driver
@@ -320,46 +360,67 @@ class _Lifecycle:
                 self.sink.reading(reading)
         self.attempt = 0
 
-    def recovered(self) -> None:
+    def recovered(self, episode: _Episode) -> None:
+        """The failure episode is over: one event says how long it lasted and how many retries it took."""
         d = self.driver
-        assert self.episode_began is not None
-        lasted = time.monotonic() - self.episode_began
+        duration = time.monotonic() - episode.began_mono
+        retries = episode.retries + 1  # the reopen that worked is a retry too
+        d.status.failing_since = None
+        d.status.retries = retries
+        d.status.recovered_at = time.time()
+        d.noisy.forget("failing")
+        d.log.info("%s recovered after %d retries in %.1f s", d.name, retries, duration)
         self.sink.driver_event(d.name, "driver_recovered", {
-            "driver": d.name, "type": d.type_name, "retries": self.episode_retries,
-            "duration_s": round(lasted, 3), "error": d.status.last_error})
-        d.log.info("%s recovered after %.1f s and %d retr%s", d.name, lasted, self.episode_retries,
-                   "y" if self.episode_retries == 1 else "ies")
-        d.status.resolved_at = time.time()
-        self.episode_began, self.episode_retries = None, 0
+            "driver": d.name, "type": d.type_name, "retries": retries, "duration_s": round(duration, 3),
+            "failing_since": _rfc3339(episode.began_at), "last_error": d.status.last_error,
+        })
 
     def failed(self, exc: BaseException, opened: bool) -> float:
-        """Report a failure; the backoff delay before the next attempt."""
+        """Count a failure; the first of an episode is an event, the rest rate-limited log
+        lines. Returns the backoff delay before the next attempt."""
         d = self.driver
         kind, msg = _describe(exc, opened)
+        now = time.time()
         d.status.last_error = f"{kind}: {msg}"
-        d.status.last_error_at = time.time()
-        d.status.resolved_at = None
+        d.status.last_error_at = now
         d.status.counters["errors"] += 1
-        first = self.episode_began is None
-        if first:
-            self.episode_began = time.monotonic()
+        expected = isinstance(exc, (DriverUnavailable, DriverIOError))
+        level = logging.WARNING if expected else logging.ERROR
+        episode = self.episode
+        if episode is not None:
+            episode.retries += 1
+            d.status.retries = episode.retries
+            d.noisy.log(level, "failing", "%s still failing after %d retries in %.0f s: %s: %s (retrying with backoff)",
+                        d.name, episode.retries, time.monotonic() - episode.began_mono, kind, msg)
+        else:
+            d.status.failing_since = now
+            d.status.retries = 0
+            d.noisy.forget("failing")
+            d.noisy.log(level, "failing", "%s %s: %s (retrying with backoff)", d.name, kind, msg, exc_info=not expected)
             self.sink.driver_event(d.name, "driver_error", {
                 "driver": d.name, "type": d.type_name, "error": kind, "message": msg,
                 "phase": "read" if opened else "open"})
-        else:
-            self.episode_retries += 1
-        expected = isinstance(exc, (DriverUnavailable, DriverIOError))
-        if first or not expected:
-            d.log.log(logging.WARNING if expected else logging.ERROR, "%s %s: %s (retrying with backoff)",
-                      d.name, kind, msg, exc_info=not expected)
-        else:
-            d.noisy.warning("retry", "%s still failing: %s: %s", d.name, kind, msg)
+            self.episode = _Episode(began_at=now, began_mono=time.monotonic())
         delay = backoff_delay(self.attempt, base=d.backoff_base_s, cap=d.backoff_cap_s)
         self.attempt += 1
         d.status.restarts += 1
         d.status.state = "backoff"
         d.status.next_retry_at = time.time() + delay
         return delay
+
+
+@dataclass
+class _Episode:
+    """A failure in progress: since when, and how many reopen attempts failed since."""
+
+    began_at: float  # wall clock, for the record
+    began_mono: float  # monotonic, for the duration
+    retries: int = 0
+
+
+def _rfc3339(ts: float) -> str:
+    """UTC, milliseconds, ``Z`` (as every record's ``ts``)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _describe(exc: BaseException, opened: bool) -> tuple[str, str]:

@@ -37,8 +37,7 @@ from pymodbus.client import ModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from drivers.base import Driver, Options, Reading
-from drivers.checksums import ChecksumError, crc16_modbus
-from drivers.exc import DecodeError, DriverIOError
+from drivers.exc import DriverIOError
 from drivers.fields import MAX_SECONDS, MIN_PERIOD_S
 from drivers.serialport import SerialOptions, open_port
 
@@ -150,40 +149,6 @@ def decode_registers(start: int, regs: Sequence[int], maps: Sequence[RegisterMap
             continue
         out.append(Reading(sensor_id, m.quantity, round(raw * m.scale + m.offset, 6), m.unit))
     return out
-
-
-@dataclass(frozen=True)
-class RtuResponse:
-    """A decoded RTU response frame."""
-
-    slave: int
-    function: int
-    registers: tuple[int, ...] = ()
-    exception_code: int | None = None
-
-
-def parse_rtu_response(frame: bytes) -> RtuResponse:
-    """Decode one whole RTU response to a register read (3/4) or an exception response.
-
-    Raises :class:`ChecksumError` on a CRC mismatch and :class:`DecodeError` otherwise.
-    """
-    if len(frame) < 5:
-        raise DecodeError(f"RTU frame too short ({len(frame)} bytes)")
-    body, crc = frame[:-2], int.from_bytes(frame[-2:], "little")
-    if crc16_modbus(body) != crc:
-        raise ChecksumError(f"RTU CRC {crc:04x} != {crc16_modbus(body):04x}")
-    slave, function = body[0], body[1]
-    if function & 0x80:
-        if len(body) != 3:
-            raise DecodeError("exception response of the wrong length")
-        return RtuResponse(slave, function & 0x7F, exception_code=body[2])
-    if function not in (3, 4):
-        raise DecodeError(f"function {function} is not a register read")
-    n = body[2]
-    if n % 2 or len(body) != 3 + n:
-        raise DecodeError(f"byte count {n} does not match the frame")
-    regs = tuple(int.from_bytes(body[3 + i : 5 + i], "big") for i in range(0, n, 2))
-    return RtuResponse(slave, function, registers=regs)
 
 
 @dataclass(frozen=True)

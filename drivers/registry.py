@@ -11,7 +11,7 @@ import difflib
 import importlib
 
 from drivers.base import Driver
-from drivers.exc import DriverUnavailable
+from drivers.exc import DriverUnavailable, UnknownDriver
 
 #: type name -> "module:Class". Add a line here to add a driver.
 DRIVERS: dict[str, str] = {
@@ -31,7 +31,7 @@ def names() -> list[str]:
 def get(type_name: str) -> type[Driver]:
     """The driver class for ``type_name``, importing its module now.
 
-    Raises :class:`KeyError` (with a "did you mean") for an unknown name and
+    Raises :class:`UnknownDriver` (with a "did you mean") for an unknown name and
     :class:`DriverUnavailable` when the module or a library it needs cannot be imported.
     """
     try:
@@ -39,7 +39,8 @@ def get(type_name: str) -> type[Driver]:
     except KeyError:
         close = difflib.get_close_matches(type_name, DRIVERS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown driver type {type_name!r}{hint} (known: {', '.join(names())})") from None
+        raise UnknownDriver(f"unknown driver type {type_name!r}{hint} (known: {', '.join(names())})",
+                            type_name=type_name, known=names()) from None
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import serial
 from pydantic import Field
+from serial.urlhandler import protocol_socket
 
 from drivers.base import Driver, Options
 from drivers.checksums import ChecksumError
@@ -54,6 +55,24 @@ class SerialOptions(Options):
     stopbits: StopBits = 1
 
 
+class _SocketPort(protocol_socket.Serial):
+    """pyserial's ``socket://`` port, closed for certain.
+
+    pyserial's own ``close`` calls ``shutdown()`` before ``close()`` and swallows what it
+    raises: when the device server has already gone (the very case a reopen follows),
+    ``shutdown`` fails with ENOTCONN, the socket is never closed, and every reconnect
+    leaks a descriptor.
+    """
+
+    def close(self) -> None:
+        sock = self._socket
+        try:
+            super().close()
+        finally:
+            if sock is not None:
+                sock.close()
+
+
 def open_port(opts: SerialOptions, *, timeout: float | None = 1.0, driver: str | None = None) -> serial.SerialBase:
     """Open ``opts.port``; raise :class:`DriverUnavailable` with the reason when it cannot be had.
 
@@ -62,17 +81,15 @@ def open_port(opts: SerialOptions, *, timeout: float | None = 1.0, driver: str |
     (255 lines at one reopen during a flood). A partial first line is the line reader's
     business, like any other bad line.
     """
+    settings: dict[str, Any] = {"baudrate": opts.baudrate, "bytesize": opts.bytesize, "parity": opts.parity,
+                                "stopbits": opts.stopbits, "timeout": timeout, "exclusive": True}
     try:
-        port = serial.serial_for_url(
-            opts.port,
-            baudrate=opts.baudrate,
-            bytesize=opts.bytesize,
-            parity=opts.parity,
-            stopbits=opts.stopbits,
-            timeout=timeout,
-            exclusive=True,
-            do_not_open=True,
-        )
+        if opts.port.lower().startswith("socket://"):
+            port = _SocketPort(None, **settings)  # as serial_for_url builds it, with our close
+            port.port = opts.port
+            port.open()
+            return port
+        port = serial.serial_for_url(opts.port, do_not_open=True, **settings)
         _open_keeping_input(port)
         return port
     except serial.SerialException as exc:

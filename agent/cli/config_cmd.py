@@ -33,7 +33,9 @@ def register(sub: Any) -> None:
     add_json_arg(show)
     show.set_defaults(func=cmd_show)
 
-    schema = csub.add_parser("schema", help="print the config's JSON Schema")
+    schema = csub.add_parser(
+        "schema", help="print the config's JSON Schema, every driver's options included (JSON, with or without --json)")
+    add_json_arg(schema)
     schema.set_defaults(func=cmd_schema)
 
     apply = csub.add_parser(
@@ -77,9 +79,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from agent.config import Config
+    from agent.config import json_schema
 
-    json.dump(Config.model_json_schema(), sys.stdout, indent=2)
+    json.dump(json_schema(), sys.stdout, indent=2)  # JSON is its text form too
     sys.stdout.write("\n")
     return 0
 

@@ -249,7 +249,7 @@ def _consumer(args: argparse.Namespace, receiver: Any) -> Any:
         raise ReceiverError("--session-expiry needs --client-id: a session is found again by its client id")
     password = None
     if args.mqtt_password_file:
-        from agent.config import check_secret_file
+        from agent.secretfile import check_secret_file
 
         password = check_secret_file(Path(args.mqtt_password_file), "--mqtt-password-file")
     tls = None

@@ -39,16 +39,30 @@ def register(sub: Any) -> None:
     alarms: argparse.ArgumentParser = sub.add_parser("alarms", help="active and recent alarms; acknowledge one")
     add_config_arg(alarms)
     add_json_arg(alarms)
-    alarms.add_argument("-n", "--limit", type=int, default=20, help="recent alarm records shown (default 20)")
+    alarms.add_argument("-n", "--limit", type=int, default=20,
+                        help="how many recent alarms to show with their history (default 20; 0 = all)")
     alarms.set_defaults(func=cmd_alarms)
     asub = alarms.add_subparsers(dest="alarms_command", metavar="SUBCOMMAND")
     p = asub.add_parser("ack", help="acknowledge an alarm (recorded as an audit record)")
     p.add_argument("alarm_id", metavar="ID")
-    p.add_argument("--by", required=True, help="who acknowledges")
-    p.add_argument("--reason", required=True, help="why (what was checked or done)")
+    p.add_argument("--by", required=True, type=_nonempty("--by"), metavar="NAME", help="who acknowledges")
+    p.add_argument("--reason", required=True, type=_nonempty("--reason"), metavar="TEXT",
+                   help="why: what was checked or done (required, not empty)")
     add_config_arg(p)
     add_json_arg(p)
     p.set_defaults(func=cmd_ack)
+
+
+def _nonempty(flag: str) -> Any:
+    """An argparse type: the text, stripped, refused when empty (an audit record says who and why)."""
+
+    def check(text: str) -> str:
+        text = text.strip()
+        if not text:
+            raise argparse.ArgumentTypeError(f"{flag} must not be empty: an acknowledgement says who and why")
+        return text
+
+    return check
 
 
 def _rules_config(args: argparse.Namespace, *, optional: bool) -> Any:
@@ -112,7 +126,7 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     with Store.open(cfg.store.path, gateway_id=cfg.gateway_id, create=False, check=False) as store:
         state = store.load_state("rules") or {}
-        recent = store.records(type="alarm", limit=args.limit or None, descending=True)
+        records = store.records(type="alarm")
     book = AlarmBook()
     book.load(state.get("book", {}))
     active = book.active()
@@ -120,21 +134,82 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         for k in ("started_at", "raised_at", "ended_at", "ack_at"):
             if isinstance(a.get(k), (int, float)):
                 a[k] = format_ts(a[k])
-
-    def text(data: dict[str, Any]) -> str:
-        lines = [f"{len(data['active'])} active alarm(s):" if data["active"] else "no active alarms"]
-        for a in data["active"]:
-            status = "cleared" if a["cleared"] else "RAISED"
-            ack = f", acknowledged by {a['ack_by']}" if a["acknowledged"] else ", not acknowledged"
-            lines.append(f"  {a['alarm_id']}  {a['severity']:<7} {status}{ack}; started {a['started_at']}")
-        if data["recent"]:
-            lines.append("recent alarm records:")
-            for r in data["recent"]:
-                lines.append(f"  seq {r['seq']:<6} {r['ts']}  {r['alarm_id']:<32} {r['state']:<12} {r['severity']}")
-        return "\n".join(lines)
-
-    emit(args, {"active": active, "recent": recent}, text)
+    shown = alarm_history(records, active, args.limit or None)
+    ids = {h["alarm_id"] for h in shown}
+    recent = [r for r in records if r["alarm_id"] in ids]
+    emit(args, {"active": active, "history": shown, "recent": recent}, _alarms_text)
     return 0
+
+
+def alarm_history(records: list[dict[str, Any]], active: list[dict[str, Any]],
+                  limit: int | None) -> list[dict[str, Any]]:
+    """Each alarm's lifecycle from its records (ascending seq): when the excursion began and
+    ended, how long it lasted, its peak, every acknowledgement; the newest ``limit`` alarms."""
+    from agent.rules.replay import format_ts, parse_ts
+
+    by_id: dict[str, dict[str, Any]] = {}
+    for r in records:
+        h = by_id.setdefault(r["alarm_id"], {
+            "alarm_id": r["alarm_id"], "sensor_id": r.get("sensor_id"), "rule": r.get("rule"),
+            "rule_type": r.get("rule_type"), "severity": r.get("severity"), "started_at": r.get("started_at"),
+            "raised_at": None, "ended_at": None, "duration_s": None, "peak": None, "limit": None,
+            "state": None, "ongoing": True, "acknowledgements": [], "last_seq": None})
+        h["state"], h["last_seq"] = r["state"], r["seq"]
+        h["severity"] = r.get("severity", h["severity"])
+        if r.get("started_at"):
+            h["started_at"] = r["started_at"]
+        peak = r.get("peak", r.get("value"))
+        if peak is not None:
+            h["peak"] = peak
+        if r.get("limit") is not None:
+            h["limit"] = r["limit"]
+        if r["state"] == "raised":
+            h["raised_at"] = r["ts"]
+        elif r["state"] == "cleared":
+            h["ongoing"] = False
+            h["duration_s"] = r.get("duration_s")
+            if h["started_at"] and h["duration_s"] is not None:
+                h["ended_at"] = format_ts(parse_ts(h["started_at"]) + float(h["duration_s"]))
+            else:
+                h["ended_at"] = r["ts"]
+        elif r["state"] == "acknowledged":
+            h["acknowledgements"].append({"at": r["ts"], "by": r.get("by"), "reason": r.get("reason"),
+                                          "seq": r["seq"]})
+    for a in active:  # a latching alarm whose condition ended waits for its acknowledgement
+        latched = by_id.get(a["alarm_id"])
+        if latched is not None and latched["ongoing"] and a.get("ended_at"):
+            latched["ended_at"], latched["ongoing"] = a["ended_at"], False
+            if latched["started_at"]:
+                latched["duration_s"] = round(parse_ts(a["ended_at"]) - parse_ts(latched["started_at"]), 3)
+    newest = sorted(by_id.values(), key=lambda h: h["last_seq"])
+    return newest[-limit:] if limit else newest
+
+
+def _alarms_text(data: dict[str, Any]) -> str:
+    from agent.rules.replay import _duration
+
+    lines = [f"{len(data['active'])} active alarm(s):" if data["active"] else "no active alarms"]
+    for a in data["active"]:
+        status = "cleared" if a["cleared"] else "RAISED"
+        ack = f", acknowledged by {a['ack_by']}" if a["acknowledged"] else ", not acknowledged"
+        lines.append(f"  {a['alarm_id']}  {a['severity']:<7} {status}{ack}; started {a['started_at']}")
+    if data["history"]:
+        lines.append("recent alarms (newest last):")
+    for h in data["history"]:
+        what = f"{h['sensor_id']} {h['rule']} ({h['rule_type']}, {h['severity']})"
+        parts = [f"started {h['started_at']}"]
+        if h["ended_at"]:
+            parts.append(f"ended {h['ended_at']}")
+        else:
+            parts.append("still going")
+        if h["duration_s"] is not None:
+            parts.append(f"lasted {_duration(float(h['duration_s']))}")
+        if h["peak"] is not None:
+            parts.append(f"peak {h['peak']:g}" + (f" (limit {h['limit']:g})" if h["limit"] is not None else ""))
+        lines.append(f"  {h['alarm_id']}  {what}: {', '.join(parts)}; {h['state']}")
+        for ack in h["acknowledgements"]:
+            lines.append(f"      acknowledged {ack['at']} by {ack['by']}: {ack['reason']}")
+    return "\n".join(lines)
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
@@ -143,22 +218,37 @@ def cmd_ack(args: argparse.Namespace) -> int:
     from agent.store import Store
 
     cfg = load_config(args)
+    stamper = Stamper.for_source(cfg.time.sync_source)
+    with Store.open(cfg.store.path, gateway_id=cfg.gateway_id, create=False, check=False,
+                    stamper=stamper) as store:
+        state = store.load_state("rules") or {}
+    known = state.get("book", {}).get("alarms", {})
+    before = known.get(args.alarm_id) or {}  # a second acknowledgement is recorded too, and says so
+    earlier = {"by": before.get("ack_by"), "at": before.get("ack_at")} if before.get("acknowledged") else None
     try:
         change = ControlClient(cfg.control.socket, timeout=ACK_WAIT_S).request(
             "alarm_ack", alarm_id=args.alarm_id, by=args.by, reason=args.reason)
         result = {"via": "agent", **change}
     except AgentNotRunning:
-        stamper = Stamper.for_source(cfg.time.sync_source)
+        if args.alarm_id not in known:
+            raise ColdgateError(f"no active alarm {args.alarm_id!r} (see `coldgate alarms`)") from None
         with Store.open(cfg.store.path, gateway_id=cfg.gateway_id, create=False, check=False,
                         stamper=stamper) as store:
-            state = store.load_state("rules") or {}
-            if args.alarm_id not in state.get("book", {}).get("alarms", {}):
-                raise ColdgateError(f"no active alarm {args.alarm_id!r} (see `coldgate alarms`)") from None
             result = {"via": "store", **_ack_offline(cfg, store, state, args, stamper)}
+    if earlier is not None:
+        from agent.rules.replay import format_ts
+
+        at = earlier["at"]
+        result["acknowledged_before"] = {"by": earlier["by"],
+                                         "at": format_ts(at) if isinstance(at, (int, float)) else at}
 
     def text(d: dict[str, Any]) -> str:
         how = "by the running agent" if d["via"] == "agent" else f"in the store (seq {d.get('seq')})"
-        return f"{d['alarm_id']} acknowledged by {d['by']} {how}"
+        out = f"{d['alarm_id']} acknowledged by {d['by']} {how}"
+        if d.get("acknowledged_before"):
+            prev = d["acknowledged_before"]
+            out += f"; also acknowledged before, by {prev['by']} at {prev['at']}"
+        return out
 
     emit(args, result, text)
     return 0

@@ -152,10 +152,11 @@ from types import FrameType
 from typing import Any
 
 from agent.protocol import Uncanonical, canonical, record_hash
+from agent.receiver.backends import open_storage
 from agent.receiver.faults import Fault, FaultPlan
 from agent.receiver.registry import Registry
 from agent.receiver.report import NOT_VERIFIED, VERIFIED, build_fleet, build_report, render_fleet, render_text
-from agent.receiver.storage import ReceiverError, Storage, StorageUnavailable, open_storage
+from agent.receiver.storage import ReceiverError, Storage, StorageUnavailable
 from agent.receiver.validate import Batch
 
 __all__ = [

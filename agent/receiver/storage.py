@@ -4,7 +4,7 @@
 implements it once, in SQL both engines run, and the backends
 (:mod:`agent.receiver.sqlite_backend`, :mod:`agent.receiver.pg_backend`) supply the
 connection, the schema migrations and the few words that differ (the placeholder, the
-SHA-256 function, a per-stream lock). :func:`open_storage` picks one from ``--db``.
+SHA-256 function, a per-stream lock). :func:`agent.receiver.backends.open_storage` picks one from ``--db``.
 
 Tables (both engines):
 
@@ -40,16 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.exc import ColdgateError
+from agent.exc import ReceiverError, StorageUnavailable  # noqa: F401 - the receiver's modules take them from here
 from agent.protocol import ZERO_HASH
-
-
-class ReceiverError(ColdgateError):
-    """The receiver cannot do what was asked (no such database, newer schema, bad registry…)."""
-
-
-class StorageUnavailable(ReceiverError):
-    """The database cannot take the batch now (down, locked, full): answered 503, retried by the gateway."""
 
 
 def now_iso() -> str:
@@ -427,15 +419,3 @@ class SqlStorage:
              "config": json.loads(c) if c else None, "config_reported_at": ca}
             for g, f, la, sa, n, c, ca in rows
         ]
-
-
-def open_storage(db: str | Path, *, create: bool = True) -> SqlStorage:
-    """The backend for ``db``: a ``postgresql://`` (or ``postgres://``) URL, else a SQLite file."""
-    text = str(db)
-    if text.startswith(("postgresql://", "postgres://")):
-        from agent.receiver.pg_backend import PgStorage
-
-        return PgStorage(text, create=create)
-    from agent.receiver.sqlite_backend import SqliteStorage
-
-    return SqliteStorage(db, create=create)

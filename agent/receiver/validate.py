@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import protocol
+from agent.exc import BodyError, SchemaViolation, TooLarge, Unparseable  # noqa: F401 - BodyError: validate.BodyError
 from agent.protocol import MAX_DEPTH, PROTOCOL_VERSION, depth
 
 MAX_PROBLEMS = 20
@@ -46,32 +47,6 @@ ALARM_STATES = {"raised", "cleared", "acknowledged"}
 SEVERITIES = {"warning", "alarm"}
 
 
-class BodyError(Exception):
-    """The request body is refused; ``status`` is the HTTP status to answer with."""
-
-    status = 400
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": str(self)}
-        if self.problems:
-            out["problems"] = self.problems
-        return out
-
-
-class Unparseable(BodyError):
-    status = 400
-
-
-class SchemaViolation(BodyError):
-    status = 422
-
-
-class TooLarge(BodyError):
-    status = 413
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.exc import ColdgateError
-
-
-class ReportError(ColdgateError):
-    """A report cannot be made (no such shipment in these records, ambiguous id, …)."""
+from agent.exc import ReportError
 
 
 @dataclass

@@ -187,12 +187,3 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
-
-
-def start_action(command: Sequence[str], alarm: Mapping[str, Any], timeout_s: float,
-                 *, policy: ActionPolicy | None = None) -> asyncio.Task[None]:
-    """Run the action in the background on the running loop; returns its task."""
-    task = asyncio.get_running_loop().create_task(run_action(command, dict(alarm), timeout_s, policy=policy))
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-    return task

@@ -29,6 +29,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from agent.rules.presets import PRESETS_RAW
+from drivers.base import MISSING_AFTER_S
 from drivers.fields import MAX_SECONDS, MIN_PERIOD_S, StrictModel
 
 Severity = Literal["warning", "alarm"]
@@ -210,7 +212,8 @@ class MissingRule(_Rule):
     """Data missing: no sample (of ``quantity``, or of any) for ``timeout_s``."""
 
     type: Literal["missing"]
-    timeout_s: float = Field(ge=MIN_PERIOD_S, le=MAX_SECONDS, description="silence longer than this raises, s")
+    timeout_s: float = Field(default=MISSING_AFTER_S, ge=MIN_PERIOD_S, le=MAX_SECONDS,
+                             description="silence longer than this raises, s")
     quantity: str | None = Field(default=None, description="watch this quantity only; unset = any")
 
 
@@ -331,8 +334,6 @@ class RulesConfig(_Model):
     def _resolve_extends(cls, data: Any) -> Any:
         if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
             return data
-        from agent.rules.presets import PRESETS_RAW
-
         return {**data, "profiles": resolve_profiles(data["profiles"], PRESETS_RAW)}
 
     @model_validator(mode="after")
@@ -368,10 +369,11 @@ class RulesConfig(_Model):
         """The resolved profile ``name``: one from config first, else a preset. KeyError if neither."""
         if name in self.profiles:
             return self.profiles[name]
-        from agent.rules.presets import PRESETS
-
         return PRESETS[name]
 
 
 #: Built-in preset names (their rule sets are in :mod:`agent.rules.presets`).
-PRESET_NAMES = ("2-8C", "15-25C", "crt", "frozen", "ultra-low", "dry-ice", "ln2", "who-pqs-type1", "who-pqs-type2")
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS_RAW)
+
+#: The validated presets.
+PRESETS: dict[str, Profile] = {name: Profile.model_validate(raw) for name, raw in PRESETS_RAW.items()}

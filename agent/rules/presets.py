@@ -1,8 +1,10 @@
-"""The built-in profiles for the standard storage classes.
+"""The built-in profiles for the standard storage classes, as plain data.
 
 They are written as the same tables a config file would hold (``PRESETS_RAW``), so that a
 profile with ``extends = "2-8C"`` merges over exactly what is printed here and by
 ``coldgate rules profiles --json``. Limits are inclusive (the first out-of-range value).
+This module is data only: :mod:`agent.rules.config` validates it into ``PRESETS``
+(importing nothing back, so the two never form an import circle).
 
 The figures follow common practice for shipping loggers: a pre-alarm (warning) at the
 edge of the range, an alarm after a short single-event delay, a cumulative
@@ -15,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.rules.config import PRESET_NAMES, Profile
+from drivers.base import MISSING_AFTER_S
 
 _COMMON: dict[str, dict[str, Any]] = {
-    "missing": {"type": "missing", "timeout_s": 900.0, "severity": "alarm"},
+    "missing": {"type": "missing", "timeout_s": MISSING_AFTER_S, "severity": "alarm"},
     "battery": {"type": "battery", "limit": 10.0, "severity": "warning", "delay_s": 300.0, "hysteresis": 2.0},
 }
 
@@ -105,8 +107,3 @@ PRESETS_RAW: dict[str, dict[str, Any]] = {
         },
     },
 }
-
-assert tuple(PRESETS_RAW) == PRESET_NAMES, "PRESET_NAMES and PRESETS_RAW must agree"
-
-#: The validated presets.
-PRESETS: dict[str, Profile] = {name: Profile.model_validate(raw) for name, raw in PRESETS_RAW.items()}

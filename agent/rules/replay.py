@@ -17,19 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.exc import ColdgateError
+from agent.exc import ReplayError
 from agent.rules.config import RulesConfig
 from agent.rules.engine import RuleEngine, Sample
 
 COLUMNS = ("ts", "sensor_id", "quantity", "value", "unit")
-
-
-class ReplayError(ColdgateError):
-    """A replay input is unusable. ``line`` is the CSV line, where known."""
-
-    def __init__(self, message: str, *, line: int | None = None) -> None:
-        super().__init__(f"line {line}: {message}" if line else message)
-        self.line = line
 
 
 def parse_ts(text: str) -> float:

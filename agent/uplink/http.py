@@ -18,9 +18,10 @@ import time
 import requests
 
 from agent import __version__
-from agent.config import UplinkConfig, check_secret_file
+from agent.config import UplinkConfig
 from agent.exc import AuthRefused, SyncRejected, SyncTooLarge, SyncTransient
 from agent.protocol import frame_batch
+from agent.secretfile import check_secret_file
 from agent.timebase import rfc3339
 from agent.uplink.base import Answer, Batch
 

@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.config import UplinkConfig, check_secret_file
+from agent.config import UplinkConfig
 from agent.exc import AuthRefused, ConfigError, ConfigProblem, SyncError, SyncTransient
+from agent.secretfile import check_secret_file
 from agent.uplink import mqtt_wire as wire
 
 try:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.exc import EnvelopeError  # noqa: F401 - wire.EnvelopeError, as the consumer catches it
+
 from agent.exc import AuthRefused, SyncRejected, SyncTooLarge, SyncTransient
 from agent.uplink.base import Answer, Batch
 
@@ -111,10 +113,12 @@ def parse_broker_url(url: str) -> BrokerURL:
 
 def batch_body(batch: Batch, *, sent_at: float | None = None) -> bytes:
     """The protocol's request body for ``batch``, exactly as the HTTP uplink sends it
-    (one framing for both transports: :func:`agent.uplink.http.frame`)."""
-    from agent.uplink.http import frame
+    (one framing for every transport: :func:`agent.protocol.frame_batch`)."""
+    from agent.protocol import frame_batch
+    from agent.timebase import rfc3339
 
-    return frame(batch, time.time() if sent_at is None else sent_at)
+    return frame_batch(batch.gateway_id, batch.records, sent_at=rfc3339(time.time() if sent_at is None else sent_at),
+                       config=batch.config)
 
 
 @dataclass(frozen=True)
@@ -125,14 +129,6 @@ class Envelope:
     attempt: str | None
     content_encoding: str
     body: bytes
-
-
-class EnvelopeError(ValueError):
-    """The message is not a coldgate batch envelope (answered as a 400)."""
-
-    def __init__(self, message: str, attempt: str | None = None) -> None:
-        super().__init__(message)
-        self.attempt = attempt
 
 
 def encode_envelope(key: str, body: bytes, attempt: str) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.exc import DecodeError
+from drivers.exc import DecodeError, NoKey, WrongKey  # noqa: F401 - NoKey, WrongKey: importable from here
 
 #: Standard gravity, for milli-g -> m/s2 (mg x 9.80665 / 1000).
 STANDARD_GRAVITY = 9.80665
@@ -20,19 +20,6 @@ STANDARD_GRAVITY = 9.80665
 BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 ENV_SENSING_UUID = "0000181a-0000-1000-8000-00805f9b34fb"  # ATC1441 / pvvx custom
 RUUVI_COMPANY_ID = 0x0499
-
-#: coldgate's own decoders (strict validation, encryption, replay protection), and Theengs.
-FORMATS = ("bthome", "ruuvi", "atc")
-ALL_FORMATS = (*FORMATS, "theengs")
-
-
-class WrongKey(DecodeError):
-    """An encrypted payload whose MIC does not verify with the configured bind key."""
-
-
-class NoKey(DecodeError):
-    """An encrypted payload for which no bind key is configured."""
-
 
 @dataclass(frozen=True, slots=True)
 class Measurement:

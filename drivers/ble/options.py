@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from drivers.base import Options
+from drivers.base import MISSING_AFTER_S, Options
 from drivers.ble.common import normalize_mac
 from drivers.fields import MAX_SECONDS, MIN_PERIOD_S
 
@@ -88,7 +88,7 @@ class BleOptions(Options):
     silence_timeout_s: float = Field(
         default=120.0, ge=0.1, le=MAX_SECONDS, description="watchdog: an adapter silent this long is stalled: restart (and recover) it"
     )
-    missing_after_s: float = Field(default=300.0, ge=MIN_PERIOD_S, le=MAX_SECONDS, description="mark a sensor missing after this long unheard")
+    missing_after_s: float = Field(default=MISSING_AFTER_S, ge=MIN_PERIOD_S, le=MAX_SECONDS, description="mark a sensor missing after this long unheard")
     queue_size: int = Field(default=10_000, ge=1, le=10_000_000, description="decoded advertisements held for the agent")
     recovery: bool = Field(
         default=True, description="recover a stalled or failing adapter: BlueZ power cycle, then controller reset"

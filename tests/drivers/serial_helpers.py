@@ -19,7 +19,8 @@ from typing import Any
 
 from drivers.base import Driver, Reading
 
-DATA = Path(__file__).resolve().parents[2] / "../shared/data"
+#: the test data vendored into the repository (provenance: tests/data/README.md)
+DATA = Path(__file__).resolve().parents[1] / "data"
 NMEA_DIR = DATA / "nmea"
 
 

@@ -91,6 +91,8 @@ def test_nmea_style_checksum_is_checked_and_stripped():
 
 def test_crc16_xmodem_checksum_is_checked_and_stripped():
     assert crc16_xmodem(b"123456789") == 0x31C3  # the catalogue's check value
+    assert crc16_xmodem(b"") == 0x0000 and crc16_xmodem(b"A") == 0x58E5
+    assert crc16_xmodem(b"6789", crc16_xmodem(b"12345")) == 0x31C3  # a running CRC over chunks
     f = fmt(REGEX, checksum="crc16-xmodem")
     body = "T=5.0 RH=50.0%"
     line = f"{body}*{crc16_xmodem(body.encode()):04X}"
@@ -159,7 +161,8 @@ def test_the_example_config_logger_line_format_parses_its_documented_line():
     from agent.config import load
 
     config = load(Path(__file__).resolve().parents[2] / "config/serial-gps-modbus.toml")
-    f = compile_format(config.driver_options("datalogger"))
+    (logger,) = [d for d in config.drivers if d.name == "datalogger"]
+    f = compile_format(AsciiDriver.Options.model_validate(logger.options))
     body = "LOG,3,T=-18.40,RH=41.20"
     assert values(parse_line(f"${body}*{nmea_xor(body.encode()):02X}", f)) == [
         ("pallet-3", "temperature", -18.4, "Cel"),

@@ -50,6 +50,34 @@ def test_a_refused_socket_url_is_unavailable():
             open_port(SerialOptions(port=f"socket://127.0.0.1:{port}"), timeout=0.2)
 
 
+def test_a_socket_port_whose_server_reset_the_connection_is_closed_for_certain():
+    """pyserial's close() gives up when shutdown() fails on a reset connection, leaking the
+    socket on every reconnect to a device server that went away."""
+    import socket
+    import struct
+    import time
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = open_port(SerialOptions(port=f"socket://127.0.0.1:{server.getsockname()[1]}"), timeout=0.2)
+        sock = port._socket  # the handler's own socket, to check it is closed
+        try:
+            conn, _ = server.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # the device server resets the connection
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    sock.getpeername()
+                except OSError:
+                    break  # the reset has arrived: shutdown() now fails with ENOTCONN
+            port.close()
+            assert sock.fileno() == -1
+        finally:
+            sock.close()
+
+
 def test_a_bad_url_is_unavailable_not_a_crash():
     with pytest.raises(DriverUnavailable):
         open_port(SerialOptions(port="nosuchscheme://x"))

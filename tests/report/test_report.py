@@ -158,8 +158,10 @@ def test_cli_report_writes_pdf_html_and_json(trip: dict[str, Any], tmp_path: Pat
     assert main(["report", SHIPMENT, "-c", cfg, "--html", str(tmp_path / "a.html")]) == 0
     page = (tmp_path / "a.html").read_text()
     assert "<svg" in page and "PAST DUE" in page and "ΔH 83.144" in page
+    capsys.readouterr()
     assert main(["report", "NO-SUCH", "-c", cfg, "--json"]) == 1
-    assert "no shipment 'NO-SUCH'" in capsys.readouterr().err
+    answer = json.loads(capsys.readouterr().out)  # under --json the error is a JSON object on stdout
+    assert answer["exit_code"] == 1 and "no shipment 'NO-SUCH'" in answer["error"]
 
 
 def test_export_is_reverified_with_the_plain_python_of_its_readme(trip: dict[str, Any], tmp_path: Path,

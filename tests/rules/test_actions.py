@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.rules.actions import ActionPolicy, run_action, start_action
+from agent.rules.actions import ActionPolicy, run_action
 from agent.rules.config import RulesConfig
 
 ALARM = {"alarm_id": "s:high:1", "rule": "high", "sensor_id": "s", "state": "raised", "severity": "alarm",
@@ -110,17 +110,3 @@ def test_a_failing_or_missing_program_is_logged_and_never_raises(tmp_path, caplo
     assert "exited with 3: no modem" in caplog.text
     assert "does not exist" in caplog.text
 
-
-def test_start_action_does_not_block_the_loop(tmp_path):
-    out = tmp_path / "alarm.json"
-    prog = program(tmp_path, "slow", f"sleep 0.3; cat > {out}\n")
-
-    async def scenario() -> float:
-        t = time.monotonic()
-        task = start_action([str(prog)], ALARM, 5.0, policy=allow(tmp_path, prog))
-        elapsed = time.monotonic() - t
-        await task
-        return elapsed
-
-    assert asyncio.run(scenario()) < 0.1
-    assert json.loads(out.read_text()) == ALARM

@@ -194,3 +194,87 @@ def test_ack_with_a_running_agent_goes_over_the_control_socket_and_shows_its_ans
     assert asked == [{"cmd": "alarm_ack", "alarm_id": "s:high:1", "by": "anna", "reason": "ok"}]
     with Store.open(db, gateway_id="gw-t") as store:  # the agent records it, not the CLI
         assert [r["state"] for r in store.records(type="alarm")] == ["raised"]
+
+
+@pytest.fixture
+def store_with_open_excursion(tmp_path):
+    """A store with an auto-clearing alarm raised at 9.0 °C that peaked at 9.6 °C, still open."""
+    from agent.store import Store
+
+    db = tmp_path / "store.db"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'gateway_id = "gw-t"\n[store]\npath = "{db}"\n[time]\nsync_source = "assume_synced"\n'
+                   '[[sensors]]\nid = "s"\nprofile = "h"\n'
+                   '[rules.profiles.h.rules.high]\ntype = "above"\nlimit = 8.0\n')
+    e = RuleEngine(RULES_AUTO, {"s": "h"})
+    changes = e.observe(Sample("s", "temperature", 9.0, "Cel", T0)) + \
+        e.observe(Sample("s", "temperature", 9.6, "Cel", T0 + 60))
+    with Store.open(db, gateway_id="gw-t") as store:
+        store.append([{"type": "alarm", "time_quality": "synced", **c} for c in changes],
+                     state={"rules": e.snapshot()})
+    return cfg, db
+
+
+RULES_AUTO = RulesConfig(profiles={"h": {"rules": {"high": {"type": "above", "limit": 8.0}}}})
+
+
+def end_excursion(db: Path, at: float) -> None:
+    """The probe is back in range: the engine (with its saved state) clears the alarm."""
+    from agent.store import Store
+
+    with Store.open(db, gateway_id="gw-t") as store:
+        e = RuleEngine(RULES_AUTO, {"s": "h"}, state=store.load_state("rules"))
+        changes = e.observe(Sample("s", "temperature", 5.0, "Cel", at))
+        assert [c["state"] for c in changes] == ["cleared"]
+        store.append([{"type": "alarm", "time_quality": "synced", **c} for c in changes],
+                     state={"rules": e.snapshot()})
+
+
+@pytest.mark.parametrize("reason", ["", "   "])
+def test_ack_refuses_an_empty_reason_and_records_nothing(store_with_alarm, capsys, reason):
+    from agent.store import Store
+
+    cfg, db = store_with_alarm
+    assert main(["alarms", "ack", "s:high:1", "--by", "anna", "--reason", reason, "--config", str(cfg)]) == 2
+    assert "--reason must not be empty" in capsys.readouterr().err
+    assert main(["alarms", "ack", "s:high:1", "--by", " ", "--reason", "ok", "--config", str(cfg), "--json"]) == 2
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["exit_code"] == 2 and "--by must not be empty" in answer["error"]
+    with Store.open(db, gateway_id="gw-t") as store:
+        assert [r["state"] for r in store.records(type="alarm")] == ["raised"]
+
+
+def test_a_second_acknowledgement_is_recorded_and_shown_in_the_history(store_with_open_excursion, capsys):
+    cfg, db = store_with_open_excursion
+    assert main(["alarms", "ack", "s:high:1", "--by", "anna", "--reason", "door closed", "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["alarms", "ack", "s:high:1", "--by", "ben", "--reason", "load checked", "--config", str(cfg)]) == 0
+    assert "also acknowledged before, by anna" in capsys.readouterr().out
+    assert main(["alarms", "--config", str(cfg), "--json"]) == 0
+    (h,) = json.loads(capsys.readouterr().out)["history"]
+    assert [(a["by"], a["reason"]) for a in h["acknowledgements"]] == [("anna", "door closed"), ("ben", "load checked")]
+    assert main(["alarms", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "by anna: door closed" in out and "by ben: load checked" in out
+
+
+def test_alarms_show_each_excursion_s_end_duration_and_peak(store_with_open_excursion, capsys):
+    cfg, db = store_with_open_excursion
+    assert main(["alarms", "--config", str(cfg), "--json"]) == 0
+    (h,) = json.loads(capsys.readouterr().out)["history"]
+    assert h["ongoing"] and h["ended_at"] is None and h["peak"] == 9.0  # as recorded when raised
+    end_excursion(db, T0 + 1500)
+    assert main(["alarms", "--config", str(cfg), "--json"]) == 0
+    (h,) = json.loads(capsys.readouterr().out)["history"]
+    assert h["started_at"] == format_ts(T0) and h["ended_at"] == format_ts(T0 + 1500)
+    assert h["duration_s"] == 1500.0 and h["peak"] == 9.6 and h["limit"] == 8.0 and not h["ongoing"]
+    assert main(["alarms", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"started {format_ts(T0)}, ended {format_ts(T0 + 1500)}, lasted 25m00s, peak 9.6 (limit 8)" in out
+
+
+def test_a_latched_alarm_shows_when_its_condition_ended(store_with_alarm, capsys):
+    cfg, _ = store_with_alarm  # latching: raised at 9.0, back to 5.0 a minute later, not acknowledged
+    assert main(["alarms", "--config", str(cfg), "--json"]) == 0
+    (h,) = json.loads(capsys.readouterr().out)["history"]
+    assert h["ended_at"] == format_ts(T0 + 60) and h["duration_s"] == 60.0 and h["state"] == "raised"

@@ -9,8 +9,7 @@ from pydantic import ValidationError
 
 from agent import config
 from agent.exc import ConfigError
-from agent.rules.config import PRESET_NAMES, RulesConfig
-from agent.rules.presets import PRESETS
+from agent.rules.config import PRESET_NAMES, PRESETS, RulesConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,3 +103,14 @@ def test_the_documented_example_config_loads_and_uses_its_profiles():
     assert cfg.rules.profile("vaccines").rules["time_out_of_range"].window_s == 86400.0
     assert {s.profile for s in cfg.sensors} == {"vaccines", "handling"}
     assert cfg.rules.action.command == ["/usr/bin/logger", "-t", "coldgate-alarm"]
+
+
+def test_one_missing_default_for_the_ble_driver_the_presets_and_the_missing_rule():
+    from agent.rules.config import MissingRule
+    from drivers.base import MISSING_AFTER_S
+    from drivers.ble.scanner import BleOptions
+
+    one = {"sensors": [{"mac": "A4:C1:38:00:00:01", "sensor_id": "s"}]}
+    assert BleOptions.model_validate(one).missing_after_s == MISSING_AFTER_S
+    assert {p.rules["missing"].timeout_s for p in PRESETS.values()} == {MISSING_AFTER_S}
+    assert MissingRule.model_validate({"type": "missing"}).timeout_s == MISSING_AFTER_S

@@ -38,7 +38,7 @@ mount -t overlay overlay -o "lowerdir=/,upperdir=$WORK/t/up,workdir=$WORK/t/work
 for unit in mosquitto postgresql; do ln -sf /dev/null "$ROOT/etc/systemd/system/$unit.service"; done
 
 # The README's install block, as written (sudo -u becomes runuser; systemctl waits for the boot).
-python3 - "$CHECKOUT/README.md" > "$ROOT/root/install.sh" <<'EOF'
+python3 - "$CHECKOUT/README.md" > "$ROOT/opt/install.sh" <<'EOF'
 import re, sys
 section = open(sys.argv[1]).read().split("## Running as a service", 1)[1]
 block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
@@ -50,7 +50,7 @@ for line in block.splitlines():
         print(s)
 print("systemctl enable coldgate")
 EOF
-systemd-nspawn --register=no --keep-unit --quiet -D "$ROOT" /bin/bash /root/install.sh
+systemd-nspawn --register=no --keep-unit --quiet -D "$ROOT" /bin/bash /opt/install.sh
 if [ "${DROP_IN:-1}" = 1 ]; then
     mkdir -p "$ROOT/etc/systemd/system/coldgate.service.d"
     printf '[Service]\nType=exec\nWatchdogSec=0\n' > "$ROOT/etc/systemd/system/coldgate.service.d/drill.conf"
