@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -243,8 +244,18 @@ class Agent:
 
     def _take_lock(self, store_path: Path) -> None:
         """One agent per store (an flock, not a channel: nobody reads a pid from it)."""
-        store_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path(store_path), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            store_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path(store_path), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            try:  # a read-only filesystem: an flock works on a file opened to read
+                fd = os.open(lock_path(store_path), os.O_RDONLY)
+            except OSError:
+                log.warning("no lock on %s (read-only filesystem); the control socket keeps a second agent out",
+                            store_path)
+                return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

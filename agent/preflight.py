@@ -79,6 +79,12 @@ def _store(path: Path) -> list[ConfigProblem]:
     if ancestor != path.parent and not os.access(ancestor, os.W_OK | os.X_OK):
         return [ConfigProblem(where, f"{path.parent} does not exist and cannot be created: "
                                      f"{ancestor} is not writable by this user, or read-only")]
+    if ancestor == path.parent and _read_only_fs(path.parent):
+        # an SD card the kernel remounted read-only after errors: the agent still runs,
+        # holds what it reads in memory and commits it when the store takes writes again
+        return [ConfigProblem(where, f"{path.parent} is on a read-only filesystem: readings are held in memory "
+                                     "until it is writable again", "check the SD card (dmesg); remount it rw",
+                              transient=True)]
     if ancestor == path.parent and not os.access(path.parent, os.W_OK | os.X_OK):
         return [ConfigProblem(where, f"{path.parent} is not writable by this user, or read-only (SQLite creates its "
                                      "journal files beside the store)", _own_hint(path.parent))]
@@ -100,6 +106,13 @@ def _store(path: Path) -> list[ConfigProblem]:
             problems.append(ConfigProblem(where, f"{p} cannot be read and written by this user "
                                                  f"(mode {mode:04o})", f"run: chmod 600 {p}; {_own_hint(p)}"))
     return problems
+
+
+def _read_only_fs(p: Path) -> bool:
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 #: stat errors that mean "nothing there" (ENOTDIR: a path under a regular file)

@@ -180,7 +180,7 @@ class Store:
             conn = cls._connect(p, check=check and existed)
         except sqlite3.OperationalError as exc:
             # locked, unreadable, I/O error: not proof of corruption, so nothing is set aside
-            raise StoreError(f"cannot open store {p}: {exc}") from exc
+            raise StoreError(f"cannot open store {p}: {exc}{_where_note(p)}") from exc
         except sqlite3.DatabaseError as exc:
             if not create:
                 raise StoreError(f"store {p} is unreadable: {exc}") from exc
@@ -769,6 +769,18 @@ def _db(conn: sqlite3.Connection) -> sqlite_utils.Database:
 def _is_full(exc: sqlite3.Error) -> bool:
     """SQLITE_FULL: the disk (or ``max_page_count``) is full, by SQLite's own code, not its wording."""
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+
+
+def _where_note(p: Path) -> str:
+    """Why SQLite may not open ``p``, said plainly ("unable to open database file" does not)."""
+    try:
+        if os.statvfs(p.parent).f_flag & os.ST_RDONLY:
+            return " (its filesystem is read-only)"
+    except OSError:
+        return ""
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        return f" ({p.parent} is not writable by this user)"
+    return ""
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

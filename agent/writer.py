@@ -43,6 +43,7 @@ from agent.ingest import Ingest
 from agent.intake import Intake
 from agent.stamp import Stamper
 from agent.store import Store, loss_details, tally_loss
+from agent.timebase import rfc3339
 
 log = logging.getLogger("coldgate.writer")
 
@@ -464,7 +465,7 @@ class Writer:
             "intake_capacity": self.intake.capacity,
             "intake_waits": self.intake.waits,
             "error": self.store_error,
-            "error_since": self.error_since,
+            "error_since": rfc3339(self.error_since) if self.error_since else None,
             "lost_unsaid": self._lost.get("count", 0),
             "commits": self.commits,
             "committed": self.committed,

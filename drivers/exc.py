@@ -118,6 +118,10 @@ class ConfigProblem:
     path: str
     message: str
     hint: str | None = None
+    #: a state of the machine that may pass by itself (a filesystem the kernel remounted
+    #: read-only): ``coldgate run`` starts anyway, says so and holds what it reads,
+    #: where a mistake in the config or the install would only make it fail again
+    transient: bool = False
 
     def __str__(self) -> str:
         text = f"{self.path or '<root>'}: {self.message}"

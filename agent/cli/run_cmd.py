@@ -31,12 +31,15 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.config)
     try:
         cfg = config.load(path)
-        if problems := config.preflight(cfg):  # what the machine lacks: said now, not at every retry
-            raise ConfigError(str(path), problems)
+        problems = config.preflight(cfg)  # what the machine lacks: said now, not at every retry
+        if fatal := [p for p in problems if not p.transient]:
+            raise ConfigError(str(path), fatal)
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EX_CONFIG
     setup_logging(args.log_level or ("debug" if args.verbose else cfg.log_level))
+    for p in problems:  # the transient ones: the agent starts, and says what it meets
+        logging.getLogger("coldgate").warning("%s", p)
     agent = Agent(cfg, config_path=path)
     code = asyncio.run(agent.run())
     if agent.uplink.alive:

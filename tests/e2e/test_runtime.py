@@ -205,6 +205,7 @@ def test_a_store_on_a_read_only_filesystem_holds_readings_and_loses_nothing_when
     cfg = config(tmp_path, receiver.url, logger.path, store=str(data / "store.db"), run_dir=run_dir)
     agent = AgentProcess(cfg)
     agent.store_path = data / "store.db"
+    agent.socket = run_dir / "control.sock"
     try:
         agent.start()
         logger.write_lines(0, 100)
