@@ -1,7 +1,8 @@
 """The writer: drains the intake through the ingest into the store, by group commit.
 
 One thread owns the store's write connection, the ingest and the rule engine, so a
-commit always holds the records *and* the rule state that produced them. The loop:
+commit always holds the records *and* the rule state that produced them (with the agent
+timeline its times are on, :mod:`agent.timeline`, resumed when the store opens). The loop:
 
 1. take entries from the :class:`~agent.intake.Intake` (readings, events, driver
    state, calls) and run the readings through the :class:`~agent.ingest.Ingest`;
