@@ -40,7 +40,7 @@ from agent.rules.alarms import AlarmBook
 from agent.rules.evaluators import Above, Below, Budget, Evaluator, Missing, Out, Range, Shock, Tilt
 from agent.rules.mkt import MktAccumulator
 from agent.rules.trend import Mkt, Rate, TimeToBreach
-from agent.timeline import WallMap
+from agent.timeline import STEP_S, WallMap
 
 log = logging.getLogger("coldgate.rules")
 
@@ -161,7 +161,12 @@ class RuleEngine:
             t = s.last_elapsed  # a late sample counts from the sensor's present, time never runs back
         else:
             s.last_elapsed = t
-            s.walls.note(t, sample.ts)
+            offsets = s.walls.offsets
+            offset = sample.ts - t
+            if offsets and -STEP_S <= offset - offsets[-1] <= STEP_S:
+                offsets[-1] = offset  # the hot path of WallMap.note: no step (t is the newest time)
+            else:
+                s.walls.note(t, sample.ts)
             exact = (t, sample.ts)
         q = sample.quantity
         out: Out = []
