@@ -6,6 +6,11 @@ Readings arrive stamped (:mod:`agent.intake` stamps them on arrival). Every samp
 to the rules (they see all of them); the store keeps one reading per sensor and quantity
 per ``record_interval_s``, and every sample while the sensor is out of range. Decimation
 compares the readings' own timestamps, never the order of arrival.
+
+The ingest holds the agent timeline (:mod:`agent.timeline`): each sample goes to the rules
+with its elapsed time (from the boot-time clock stamped on arrival, or, for a reading
+stamped by its device, placed by the device's own clock), and :meth:`Ingest.tick` lets
+elapsed time pass for them. The writer commits the timeline's state with the rule state.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Protocol
 
 from agent.config import Config, SensorConfig
 from agent.stamp import Stamper
+from agent.timeline import Timeline
 from drivers.base import Reading
 
 log = logging.getLogger(__name__)
@@ -29,7 +35,11 @@ class Judge(Protocol):
 
     def observe(self, sample: Any) -> list[dict[str, Any]]: ...
 
+    def tick(self, now: float, wall: float | None = None) -> list[dict[str, Any]]: ...
+
     def out_of_range(self, sensor_id: str) -> bool: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
 
 
 class Ingest:
@@ -53,6 +63,9 @@ class Ingest:
         #: the newest sample of each sensor and quantity, recorded or not, for status:
         #: ``{sensor: {quantity: (value, unit, ts, rssi)}}``
         self.last_seen: dict[str, dict[str, tuple[float, str, float, int | None]]] = {}
+        #: elapsed time for the rules; :meth:`resume_timeline` continues a saved one
+        self.timeline = Timeline.start(boot_id=stamper.boot_id, mono_ns=stamper.mono_ns(), wall=stamper.now(),
+                                       synced=stamper.synced)
 
     def configure(self, config: Config) -> None:
         self.config = config
@@ -67,6 +80,30 @@ class Ingest:
 
     def time_quality(self) -> str:
         return self.stamper.quality
+
+    def resume_timeline(self, saved: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Continue the timeline saved with the rule state (None: start one at the wall time).
+
+        After a reboot, or when the saved one is unreadable, a ``timeline_resumed`` event
+        says how the downtime was counted (see :meth:`agent.timeline.Timeline.resume`).
+        """
+        s = self.stamper
+        self.timeline, info = Timeline.resume(saved, boot_id=s.boot_id, mono_ns=s.mono_ns(), wall=s.now(),
+                                              synced=s.synced)
+        if info["resumed"] in ("reboot", "unreadable"):
+            self.event("timeline_resumed", info)
+        log.info("rules timeline: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
+        return info
+
+    def tick(self) -> None:
+        """Let elapsed time pass for the rules: delays run out, silent sensors go missing."""
+        s = self.stamper
+        wall, mono = s.now(), s.mono_ns()
+        now = self.timeline.at(mono)
+        self.timeline.note(now, wall, s.synced)
+        if self.judge is not None:
+            for change in self.judge.tick(now, wall):
+                self.alarm(change)
 
     def reading(self, r: Reading, driver: str | None = None) -> None:
         """Take one reading, stamped now."""
@@ -85,9 +122,12 @@ class Ingest:
         last_recorded, default_interval = self._last_recorded, self.default_interval
         judge, judged, make_sample = self.judge, self.judged, self.sample_factory
         boot = self.stamper.boot_id
+        timeline = self.timeline
+        elapsed = timeline.at(mono)
+        timeline.note(elapsed, now, tq == "synced")
         for r in batch:
             sid, quantity, unit = r.sensor_id, r.quantity, r.unit
-            ts = r.ts
+            ts = own = r.ts
             if ts is None:
                 ts = now
             sensor = sensors.get(sid)
@@ -108,7 +148,8 @@ class Ingest:
                 seen = last_seen[sid] = {}
             seen[quantity] = (value, unit, ts, r.rssi)
             if judge is not None and make_sample is not None and sid in judged:
-                for change in judge.observe(make_sample(sid, quantity, value, unit, ts)):
+                at = elapsed if own is None else timeline.place(sid, ts, elapsed, now)
+                for change in judge.observe(make_sample(sid, quantity, value, unit, ts, at)):
                     self.alarm(change)
             # decimation, by the readings' own time: one per interval, all while out of range
             interval = default_interval if sensor is None or sensor.record_interval_s is None \

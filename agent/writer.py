@@ -1,7 +1,8 @@
 """The writer: drains the intake through the ingest into the store, by group commit.
 
 One thread owns the store's write connection, the ingest and the rule engine, so a
-commit always holds the records *and* the rule state that produced them. The loop:
+commit always holds the records *and* the rule state that produced them (with the agent
+timeline its times are on, :mod:`agent.timeline`, resumed when the store opens). The loop:
 
 1. take entries from the :class:`~agent.intake.Intake` (readings, events, driver
    state, calls) and run the readings through the :class:`~agent.ingest.Ingest`;
@@ -126,7 +127,8 @@ class Writer:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        self._try_open()
+        if self._try_open():
+            self._guard(self._resume_timeline)
         self.opened.set_result(self.store)
         self._replay_spill()
         while True:
@@ -203,11 +205,14 @@ class Writer:
         """The ingest raised or cleared an alarm: commit (and send) at once."""
         self._urgent = True
 
+    def _resume_timeline(self) -> None:
+        """The rules' timeline goes on from the one committed with their state."""
+        store = self.store
+        assert store is not None
+        self.ingest.resume_timeline(store.load_state("timeline"))
+
     def _tick(self) -> None:
-        judge = self.ingest.judge
-        if judge is not None:
-            for change in judge.tick(self.stamper.now()):
-                self.ingest.alarm(change)
+        self.ingest.tick()
         if self.ingest.items and self._pending_since is None:
             self._pending_since = time.monotonic()
 
@@ -270,7 +275,8 @@ class Writer:
         """The judges' state, when this commit should carry it (see :meth:`_state_due`)."""
         if not self._state_due(fresh):
             return {}
-        out: dict[str, Any] = {}
+        # the timeline the rule state's times are on, in the same transaction
+        out: dict[str, Any] = {"timeline": self.ingest.timeline.state()}
         judge = self.ingest.judge
         if judge is not None:
             out["rules"] = judge.snapshot()

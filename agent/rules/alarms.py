@@ -12,6 +12,13 @@ and remembers every alarm until it is both cleared and acknowledged:
 
 An ``alarm_id`` is ``sensor:rule:n`` with ``n`` counted per sensor and rule and kept in
 the snapshot, so ids stay unique across restarts and an alarm is never raised twice.
+
+Each alarm keeps two clocks: the wall times it shows (``started_at``, ``raised_at``,
+``ended_at``, a record's ``ts``) and the elapsed times it measures with
+(``started_elapsed``, ``ended_elapsed``, on the agent timeline): a ``duration_s`` is a
+difference of elapsed times, so a step of the wall clock during an alarm does not change
+it. Alarms are listed, and the oldest cleared ones trimmed, in the order they were
+raised, never by wall time.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import Any
 #: Cleared alarms nobody acknowledged are listed until then, but not without end: past this
 #: many the oldest are dropped from the list (the stream keeps their records).
 MAX_UNACKED = 200
+#: What an alarm instance keeps for itself (not shown by :meth:`AlarmBook.active`).
+_INTERNAL = ("figures", "started_elapsed", "ended_elapsed")
 
 
 def _clean(figures: dict[str, Any]) -> dict[str, Any]:
@@ -44,11 +53,16 @@ class AlarmBook:
         self.pending: list[dict[str, Any]] = []
 
     def raised(self, sensor_id: str, rule: str, meta: dict[str, Any], ts: float, started_at: float,
-               figures: dict[str, Any]) -> dict[str, Any] | None:
+               figures: dict[str, Any], *, at: float | None = None, started: float | None = None
+               ) -> dict[str, Any] | None:
+        """The rule's condition held: a ``raised`` record, or None when its alarm is still
+        open (latched). ``ts``/``started_at`` are wall times, ``at``/``started`` the same
+        instants on the timeline (default: the wall times, as in replay)."""
         key = f"{sensor_id}\x00{rule}"
         current = self.open.get(key)
         if current is not None:  # latched and recurring: the same alarm goes on
             self.alarms[current]["ended_at"] = None
+            self.alarms[current]["ended_elapsed"] = None
             return None
         n = self.counters.get(key, 0) + 1
         self.counters[key] = n
@@ -56,28 +70,34 @@ class AlarmBook:
         inst = {"alarm_id": alarm_id, "rule": rule, "sensor_id": sensor_id, "state": "raised",
                 "severity": meta["severity"], "rule_type": meta["rule_type"], "profile": meta["profile"],
                 "latching": meta["latching"], "started_at": started_at, "raised_at": ts, "ended_at": None,
-                "acknowledged": False, "cleared": False, "figures": _clean(figures)}
+                "acknowledged": False, "cleared": False, "figures": _clean(figures),
+                "started_elapsed": started_at if started is None else started, "ended_elapsed": None}
         self.alarms[alarm_id] = inst
         self.open[key] = alarm_id
         return self._record(inst, "raised", ts)
 
-    def cleared(self, sensor_id: str, rule: str, ts: float, figures: dict[str, Any]) -> dict[str, Any] | None:
+    def cleared(self, sensor_id: str, rule: str, ts: float, figures: dict[str, Any], *,
+                at: float | None = None) -> dict[str, Any] | None:
+        """The rule's condition ended at ``ts`` (wall) / ``at`` (timeline; default ``ts``)."""
         key = f"{sensor_id}\x00{rule}"
         alarm_id = self.open.get(key)
         if alarm_id is None:
             return None
         inst = self.alarms[alarm_id]
         inst["figures"] = _clean(figures)
+        at = ts if at is None else at
         if inst["latching"] and not inst["acknowledged"]:
             inst["ended_at"] = ts
+            inst["ended_elapsed"] = at
             return None
-        return self._clear(key, inst, ts)
+        return self._clear(key, inst, ts, at)
 
-    def _clear(self, key: str, inst: dict[str, Any], ts: float) -> dict[str, Any]:
+    def _clear(self, key: str, inst: dict[str, Any], ts: float, at: float | None = None) -> dict[str, Any]:
         del self.open[key]
         inst["cleared"] = True
-        inst["ended_at"] = ts if inst["ended_at"] is None else inst["ended_at"]
-        inst["figures"]["duration_s"] = round(inst["ended_at"] - inst["started_at"], 6)
+        if inst["ended_at"] is None:
+            inst["ended_at"], inst["ended_elapsed"] = ts, ts if at is None else at
+        inst["figures"]["duration_s"] = round(inst["ended_elapsed"] - inst["started_elapsed"], 6)
         if inst["acknowledged"]:
             del self.alarms[inst["alarm_id"]]
         else:
@@ -85,11 +105,12 @@ class AlarmBook:
         return self._record(inst, "cleared", ts)
 
     def _bound(self) -> None:
-        """Keep at most MAX_UNACKED cleared, unacknowledged alarms: the oldest go (their records stay)."""
+        """Keep at most MAX_UNACKED cleared, unacknowledged alarms: the first raised go
+        (their records stay)."""
         if len(self.alarms) <= MAX_UNACKED:
             return
-        done = sorted((i["raised_at"], k) for k, i in self.alarms.items() if i["cleared"])
-        for _, k in done[: len(self.alarms) - MAX_UNACKED]:
+        done = [k for k, i in self.alarms.items() if i["cleared"]]  # in the order raised
+        for k in done[: len(self.alarms) - MAX_UNACKED]:
             del self.alarms[k]
 
     def acknowledge(self, alarm_id: str, by: str, reason: str, now: float) -> dict[str, Any]:
@@ -116,17 +137,18 @@ class AlarmBook:
         return out
 
     def active(self) -> list[dict[str, Any]]:
-        return [
-            {**{k: v for k, v in inst.items() if k != "figures"}, **inst["figures"]}
-            for inst in sorted(self.alarms.values(), key=lambda i: (i["raised_at"], i["alarm_id"]))
-        ]
+        """Alarms not yet both cleared and acknowledged, in the order they were raised."""
+        return [{**{k: v for k, v in inst.items() if k not in _INTERNAL}, **inst["figures"]}
+                for inst in self.alarms.values()]
 
     def state(self) -> dict[str, Any]:
         return {"alarms": {k: {**v, "figures": dict(v["figures"])} for k, v in self.alarms.items()},
                 "open": dict(self.open), "counters": dict(self.counters), "pending": [dict(r) for r in self.pending]}
 
     def load(self, s: dict[str, Any]) -> None:
-        self.alarms = {k: dict(v, figures=dict(v["figures"])) for k, v in s.get("alarms", {}).items()}
+        # a state of version 1 has wall times only: they were its elapsed times (see the engine)
+        self.alarms = {k: {"started_elapsed": v["started_at"], "ended_elapsed": v["ended_at"],
+                           **v, "figures": dict(v["figures"])} for k, v in s.get("alarms", {}).items()}
         self.open = dict(s.get("open", {}))
         self.counters = {k: int(v) for k, v in s.get("counters", {}).items()}
         self.pending = [dict(r) for r in s.get("pending", [])]

@@ -1,7 +1,12 @@
 """Per-sensor rule state machines: threshold, shock, tilt, budget and data missing.
 
 Every evaluator sees its sensor's samples one at a time and keeps O(1) state (a rolling
-budget keeps its excursion intervals, merged when they touch). Two entry points:
+budget keeps its excursion intervals, merged when they touch). Every time an evaluator
+sees, keeps or emits (``ts``, ``now``, ``since``, ``last_seen``, intervals) is *elapsed*
+time, seconds on the agent timeline (:mod:`agent.timeline`), never a wall-clock stamp:
+delays, budgets and timeouts are differences of these, so a step of the wall clock
+changes none of them. The engine turns the instants into wall times for the records.
+Two entry points:
 
 ``observe(quantity, value, ts, out)``
     a sample; first the evaluator :meth:`advance`\\ s to ``ts`` with the value it held;
@@ -13,8 +18,9 @@ with the moment it became true under that assumption (``since + delay_s``, the i
 budget ran out), never with the moment someone happened to look, so the alarms are the
 same whether or not ``tick`` ran in between, and after a restart from a snapshot.
 
-Transitions are appended to ``out`` as ``(evaluator, "raise" | "clear", ts, started_at,
-figures)``; :mod:`agent.rules.alarms` turns them into alarm records.
+Transitions are appended to ``out`` as ``(evaluator, "raise" | "clear", at, started,
+figures)``, ``at`` and ``started`` elapsed; the engine stamps them with wall times and
+:mod:`agent.rules.alarms` turns them into alarm records.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
     MKT = (ΔH/R) / −ln( Σ wᵢ·exp(−ΔH/(R·Tᵢ)) / Σ wᵢ )        ΔH/R = 10 000 K exactly
 
-with Tᵢ in kelvin and each reading weighted by the time to the next reading. The weight
+with Tᵢ in kelvin and each reading weighted by the time to the next reading (in the
+engine, elapsed time on the agent timeline: a wall-clock step weighs nothing). The weight
 of a reading is only known when the next one arrives, so an accumulator holds the last
 reading *pending* and books it then: O(1) per sample, never a rescan.
 

@@ -5,6 +5,11 @@ the CSV that ``coldgate readings --csv`` exports (``ts,sensor_id,quantity,value,
 ``ts`` in RFC 3339, e.g. ``2026-11-23T08:15:02.125Z``), so a trip from one gateway can be
 replayed anywhere. The engine is the daemon's own, fed the same samples in time order;
 time-driven rules are stamped at the moment they became true, so no ticking is needed.
+
+A CSV has only wall times, so replay uses them as its timeline (``Sample.elapsed`` is
+left unset): where the live agent measured on elapsed time, replay measures on the
+exported stamps. Without clock steps the two agree (``tests/agent/test_rules_time.py``);
+across a step in the data, replay sees the step as the stamps show it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ slope exactly; on noise it smooths over about ``tau_s``.
 
 *Time to breach* projects that line ``horizon_s`` ahead and warns when it reaches the
 limit — before the excursion, while there is still time to act.
+
+Times here are elapsed times on the agent timeline (see :mod:`agent.rules.evaluators`):
+a slope is per second of elapsed time, so a wall-clock step makes no ramp.
 """
 
 from __future__ import annotations

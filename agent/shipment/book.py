@@ -23,7 +23,7 @@ store saves it with the records it produced and ``ShipmentBook(state=...)`` resu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agent.exc import SensorBusy, ShipmentError
@@ -38,20 +38,26 @@ ACTIVE = ("created", "in_transit", "delivered")
 KEEP_FINISHED = 100
 
 
-def stamp(records: Iterable[dict[str, Any]], *, wall_now: float, elapsed_now: float) -> list[dict[str, Any]]:
+def stamp(records: Iterable[dict[str, Any]], *, wall_now: float, elapsed_now: float,
+          ts_of: Callable[[float], float] | None = None) -> list[dict[str, Any]]:
     """Give the book's records their ``ts`` (and an alarm's ``started_at``) from the timeline.
 
     ``ts = wall_now - (elapsed_now - _elapsed)``: the moment on the wall clock that
-    corresponds to when the fact became true. The local keys are removed.
+    corresponds to when the fact became true. With ``ts_of`` (the agent timeline's
+    :meth:`~agent.timeline.Timeline.ts_of`) an instant before a step of the wall clock is
+    stamped as the clock read then, not shifted by the step. The local keys are removed.
     """
+    def wall(at: float) -> float:
+        return ts_of(at) if ts_of is not None and at != elapsed_now else wall_now - (elapsed_now - at)
+
     out = []
     for r in records:
         rec = dict(r)
         at = rec.pop("_elapsed", elapsed_now)
-        rec["ts"] = wall_now - (elapsed_now - at)
+        rec["ts"] = wall(at)
         started = rec.pop("_started_elapsed", None)
         if started is not None:
-            rec["started_at"] = wall_now - (elapsed_now - started)
+            rec["started_at"] = wall(started)
         out.append(rec)
     return out
 
@@ -494,6 +500,12 @@ class ShipmentBook:
         agent was down counts as passed with every state held (a budget that was being
         spent goes on being spent), as the rule engine holds its last value across a gap.
         Within one boot the timeline is continuous: do not call this.
+
+        Fed the agent timeline (:class:`agent.timeline.Timeline`, as the rules are), the
+        book needs no rebase at all: that timeline already goes on across restarts and
+        reboots, with the downtime the clock can vouch for, so the saved state is valid as
+        it is. This is for a book fed raw CLOCK_BOOTTIME; the two agree
+        (``tests/agent/test_timeline.py``).
         """
         delta = (elapsed_now - max(0.0, downtime_s)) - self._last
         for sh in self._shipments.values():

@@ -105,9 +105,11 @@ def store_with_alarm(tmp_path):
 
     db = tmp_path / "store.db"
     cfg = tmp_path / "c.toml"
+    # the control socket of no agent (the default one may be another agent's on a shared machine)
     cfg.write_text(f'gateway_id = "gw-t"\n[store]\npath = "{db}"\n[time]\nsync_source = "assume_synced"\n'
                    '[[sensors]]\nid = "s"\nprofile = "h"\n'
-                   '[rules.profiles.h.rules.high]\ntype = "above"\nlimit = 8.0\nlatching = true\n')
+                   '[rules.profiles.h.rules.high]\ntype = "above"\nlimit = 8.0\nlatching = true\n'
+                   f'[control]\nsocket = "{tmp_path / "none.sock"}"\n')
     rules = RulesConfig(profiles={"h": {"rules": {"high": {"type": "above", "limit": 8.0, "latching": True}}}})
     e = RuleEngine(rules, {"s": "h"})
     changes = e.observe(Sample("s", "temperature", 9.0, "Cel", T0)) + \
@@ -161,7 +163,7 @@ def test_ack_with_a_running_agent_goes_over_the_control_socket_and_shows_its_ans
 
     cfg, db = store_with_alarm
     sock = cfg.parent / "control.sock"
-    cfg.write_text(cfg.read_text() + f'\n[control]\nsocket = "{sock}"\n')
+    cfg.write_text(cfg.read_text().replace(str(cfg.parent / "none.sock"), str(sock)))
     asked: list[dict] = []
     loop = asyncio.new_event_loop()
     up = threading.Event()

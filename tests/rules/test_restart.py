@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from agent.rules.config import RulesConfig
 from agent.rules.engine import RuleEngine, Sample
 from tests.rules.helpers import T0
@@ -114,3 +116,63 @@ def test_a_changed_profile_keeps_the_state_of_rules_whose_type_is_unchanged():
     resumed = RuleEngine(new, {"s": "h"}, state=e.snapshot())
     out = resumed.tick(T0 + 300)
     assert [(c["state"], c["ts"] - T0, c["started_at"] - T0) for c in out] == [("raised", 300.0, 0.0)]
+
+
+# -- saved states of other versions ---------------------------------------------------------
+
+#: A rule state as 0.1.0 saved it (version 1, wall-clock times): a probe 10 min into an
+#: excursion (15 min delay, 30 min budget, both still running), a latched freeze alarm
+#: cleared by its condition and not yet acknowledged.
+V1 = {"version": 1, "sensors": {"s": {
+    "profile": "old", "last_ts": T0 + 600.0,
+    "mkt": {"sum_we": 600.0 * 4.02e-16, "sum_w": 600.0, "last_ts": T0 + 600.0, "last_e": 4.02e-16, "gaps": 0,
+            "gap_s": 0.0, "buckets": []},
+    "rules": {
+        "high": {"type": "above", "since": T0, "raised": False, "value": 9.5, "peak": 9.5},
+        "tor": {"type": "budget", "out": True, "last_ts": T0 + 600.0, "spent": 600.0, "raised": False,
+                "first_out": T0, "value": 9.5, "intervals": []},
+        "freeze": {"type": "below", "since": None, "raised": False, "value": 9.5, "peak": -0.5},
+    }}},
+    "book": {"alarms": {"s:freeze:1": {
+        "alarm_id": "s:freeze:1", "rule": "freeze", "sensor_id": "s", "state": "raised", "severity": "alarm",
+        "rule_type": "below", "profile": "old", "latching": True, "started_at": T0 - 3600.0,
+        "raised_at": T0 - 3600.0, "ended_at": T0 - 3000.0, "acknowledged": False, "cleared": False,
+        "figures": {"value": -0.5, "limit": 0.0}}},
+        "open": {"s\x00freeze": "s:freeze:1"}, "counters": {"s\x00freeze": 1}, "pending": []}}
+OLD = RulesConfig(profiles={"old": {"rules": {
+    "high": {"type": "above", "limit": 8.0, "delay_s": 900.0},
+    "tor": {"type": "budget", "above": 8.0, "budget_s": 1800.0},
+    "freeze": {"type": "below", "limit": 0.0, "latching": True},
+}}})
+
+
+def test_a_version_1_state_is_migrated_and_its_excursion_goes_on_being_timed(caplog):
+    with caplog.at_level("WARNING", "coldgate.rules"):
+        e = RuleEngine(OLD, {"s": "old"}, state=json.loads(json.dumps(V1)))
+    assert "version 1" in caplog.text and "migrated" in caplog.text
+    # the timeline starts at the wall time: its times go on as they were
+    out = []
+    for k in range(11, 41):
+        out += e.observe(Sample("s", "temperature", 9.5, "Cel", T0 + 60.0 * k, T0 + 60.0 * k))
+    raised = {c["rule"]: c for c in out if c["state"] == "raised"}
+    assert raised["high"]["ts"] == T0 + 900.0 and raised["high"]["started_at"] == T0
+    assert raised["tor"]["ts"] == T0 + 1800.0 and raised["tor"]["spent_s"] == 1800.0
+    # the latched alarm of before: acknowledged, released, its duration from its own times
+    e.acknowledge("s:freeze:1", "qa", "checked", T0 + 2500.0)
+    (cleared,) = e.tick(T0 + 2500.0)
+    assert cleared["alarm_id"] == "s:freeze:1" and cleared["duration_s"] == 600.0
+    assert e.snapshot()["version"] == 2
+
+
+@pytest.mark.parametrize("bad", [
+    {"version": 7},
+    {"version": 2, "sensors": {"s": {"profile": "old"}}},  # no mkt
+    {"version": 2, "sensors": {"s": {"profile": "old", "last_elapsed": "soon", "mkt": {}}}},
+    {"version": 2, "sensors": {"s": {"profile": "old", "walls": [[2.0, 0.0], [1.0, 0.0]],
+                                     "mkt": V1["sensors"]["s"]["mkt"]}}},
+    {"version": 2, "sensors": [], "book": {"alarms": {"x": {"figures": 3}}}},
+    {"version": 1, "sensors": {"s": {"mkt": None}}},
+])
+def test_a_state_that_cannot_be_used_is_refused_with_a_value_error_saying_why(bad):
+    with pytest.raises(ValueError, match="rules state"):
+        RuleEngine(OLD, {"s": "old"}, state=bad)
