@@ -32,9 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.exc import EnvelopeError  # noqa: F401 - wire.EnvelopeError, as the consumer catches it
-
-from agent.exc import AuthRefused, SyncRejected, SyncTooLarge, SyncTransient
+from agent.exc import (
+    AuthRefused,
+    EnvelopeError,  # noqa: F401 - wire.EnvelopeError, as the consumer catches it
+    SyncRejected,
+    SyncTooLarge,
+    SyncTransient,
+)
 from agent.uplink.base import Answer, Batch
 
 ENVELOPE_VERSION = 1
