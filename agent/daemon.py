@@ -111,7 +111,7 @@ class Agent:
         self.control = ControlServer(config.control.socket, {
             "ping": self._cmd_ping, "status": self._cmd_status, "sync": self._cmd_sync,
             "apply": self._cmd_apply, "reload": self._cmd_reload, "alarm_ack": self._cmd_alarm_ack,
-            "retry_set_aside": self._cmd_retry_set_aside,
+            "retry_set_aside": self._cmd_retry_set_aside, "shipment": self._cmd_shipment,
         })
         self.engine: Any = None
         self.started_at = time.time()
@@ -293,15 +293,50 @@ class Agent:
                 log.error("saved rules state not usable (%s); rules start afresh", exc)
                 engine = RuleEngine(cfg.rules, assignments)
             self.ingest.set_judge(engine, Sample)
+            self._start_book(cfg, store.load_state("shipments") if store is not None else None)
             return engine
 
         self.engine = await self._writer_call(build, timeout=60.0)
+
+    def _start_book(self, cfg: Config, state: Any) -> None:
+        """On the writer's thread: the shipment book, resumed, and the config's autostart shipments."""
+        from agent.shipment.book import ShipmentBook
+
+        if self.ingest.book is None:
+            try:
+                self.ingest.book = ShipmentBook(gateway_id=cfg.gateway_id, agent_version=__version__, state=state)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("saved shipments state not usable (%s); shipments start afresh", exc)
+                self.ingest.book = ShipmentBook(gateway_id=cfg.gateway_id, agent_version=__version__)
+        book = self.ingest.book
+        known = {s["shipment"] for s in book.shipments()}
+        for spec in cfg.shipments:
+            if spec.autostart and spec.id not in known:
+                try:
+                    self._book_start(spec, by="config")
+                except ColdgateError as exc:
+                    log.error("shipment %s from the config not started: %s", spec.id, exc)
+
+    def _book_start(self, spec: Any, *, by: str | None) -> list[dict[str, Any]]:
+        """Start ``spec`` in the book (writer's thread); its records are taken at once."""
+        from agent.shipment.info import describe
+
+        sensors, profiles = describe(self.config, spec)
+        wall, elapsed = self.ingest.elapsed_now()
+        records = self.ingest.book.start(spec, elapsed=elapsed, wall=wall, by=by, sensors=sensors, profiles=profiles,
+                                         default_interval_s=self.config.recording.record_interval_s)
+        out = self.ingest.book_records(records, wall, elapsed)
+        started: dict[str, Any] = next((r["details"] for r in out if r.get("event") == "shipment_started"), {})
+        for w in started.get("en12830", {}).get("warnings", []):
+            log.warning("shipment %s: %s", spec.id, w)
+        log.info("shipment %s started (%s) by %s", spec.id, ", ".join(spec.sensors), by)
+        return out
 
     def _on_alarm(self, alarm: dict[str, Any]) -> None:
         """On the writer's thread: an alarm changed. Commit and send at once; run the action."""
         self.writer.note_alarm(alarm)
         engine = self.engine
-        if engine is not None and engine.wants_action(alarm):
+        if engine is not None and not alarm.get("muted") and engine.wants_action(alarm):
             loop = self._event_loop
             if loop is not None:
                 loop.call_soon_threadsafe(self._run_action, dict(alarm))
@@ -415,6 +450,8 @@ class Agent:
             self.ingest.set_judge(engine, Sample)
             self.writer.commit_interval_s = new.store.commit_interval_s
             self.writer.commit_max = new.store.commit_max
+            self.config = new  # the book describes shipments from the new config
+            self._start_book(new, None)
             return engine
 
         self.engine = await self._writer_call(rejudge, timeout=30.0)
@@ -455,12 +492,30 @@ class Agent:
     async def _cmd_reload(self, req: Mapping[str, Any]) -> dict[str, Any]:
         return await self.reload()
 
+    async def _until_ready(self) -> None:
+        """A command that needs the rules and the book waits for the start-up to finish."""
+        try:
+            await asyncio.wait_for(self.ready.wait(), 60.0)
+        except TimeoutError:
+            raise ControlRefused("the agent is still starting; try again in a moment") from None
+
     async def _cmd_alarm_ack(self, req: Mapping[str, Any]) -> dict[str, Any]:
         alarm_id, by, reason = req.get("alarm_id"), req.get("by"), req.get("reason")
         if not all(isinstance(v, str) and v.strip() for v in (alarm_id, by, reason)):
             raise ControlRefused("alarm_ack needs a non-empty alarm_id, by and reason")
+        await self._until_ready()
 
         def ack() -> dict[str, Any]:
+            book = self.ingest.book
+            if book is not None and book.knows_alarm(alarm_id):  # a shipment's own alarm (budget, freeze–thaw)
+                wall, elapsed = self.ingest.elapsed_now()
+                try:
+                    rec = book.acknowledge(alarm_id, by=by, reason=reason, elapsed=elapsed)
+                except KeyError:
+                    raise ControlRefused(f"alarm {alarm_id!r} is acknowledged already") from None
+                (item,) = self.ingest.book_records([rec], wall, elapsed)
+                self.writer.flush()
+                return {k: v for k, v in item.items() if k not in ("mono_ns", "boot_id")}
             if self.engine is None:
                 raise ControlRefused("the rules are not running")
             try:
@@ -489,6 +544,55 @@ class Agent:
         self.uplink.sync_now()
         return result
 
+    async def _cmd_shipment(self, req: Mapping[str, Any]) -> Any:
+        """``shipment`` with ``action`` start|stop|cancel|leg|handover|status|list (see agent.cli.shipment_cmd)."""
+        from agent.shipment.config import ShipmentSpec
+
+        action = req.get("action")
+        args = {k: v for k, v in req.items() if k not in ("cmd", "action")}
+        await self._until_ready()
+        spec = None
+        if action == "start":
+            try:
+                spec = ShipmentSpec.model_validate({**args.get("spec", {}), "autostart": False})
+            except ValueError as exc:
+                raise ControlRefused(f"shipment not valid: {exc}") from None
+
+        def run() -> Any:
+            book = self.ingest.book
+            if book is None:
+                raise ControlRefused("the shipment book is not running")
+            wall, elapsed = self.ingest.elapsed_now()
+            by = args.get("by")
+            if action == "status":
+                return book.get(args["shipment"], elapsed) if args.get("shipment") else book.status(elapsed)
+            if action == "list":
+                return book.shipments()
+            if action == "start":
+                out = self._book_start(spec, by=by)
+            elif action == "stop":
+                out = self.ingest.book_records(book.stop(args["shipment"], elapsed=elapsed, by=by, wall=wall),
+                                               wall, elapsed)
+            elif action == "cancel":
+                out = self.ingest.book_records(book.cancel(args["shipment"], elapsed=elapsed, by=by, wall=wall,
+                                                           why=args.get("why")), wall, elapsed)
+            elif action == "leg":
+                out = self.ingest.book_records(book.leg(args["shipment"], elapsed=elapsed, name=args.get("name"),
+                                                        kind=args.get("kind"), mode=args.get("mode"),
+                                                        mute=args.get("mute"), by=by), wall, elapsed)
+            elif action == "handover":
+                out = self.ingest.book_records(book.handover(
+                    args["shipment"], from_party=args.get("from", ""), to_party=args.get("to", ""),
+                    signed_by=args.get("signed_by", ""), elapsed=elapsed, where=args.get("where"),
+                    note=args.get("note")), wall, elapsed)
+            else:
+                raise ControlRefused(f"unknown shipment action {action!r}")
+            self.writer.flush()
+            return {"records": [{k: v for k, v in r.items() if k not in ("mono_ns", "boot_id")} for r in out],
+                    "shipment": book.get(spec.id if spec else args["shipment"], elapsed)}
+
+        return await self._writer_call(run, timeout=30.0)
+
     async def _cmd_status(self, req: Mapping[str, Any]) -> dict[str, Any]:
         return await self.status()
 
@@ -509,9 +613,11 @@ class Agent:
         }
 
         def inside() -> dict[str, Any]:
-            engine = self.engine
+            engine, book = self.engine, self.ingest.book
+            _, elapsed = self.ingest.elapsed_now()
             return {"writer": self.writer.status(), "sensors": self._sensors(),
-                    "alarms": engine.active() if engine is not None else []}
+                    "alarms": engine.active() if engine is not None else [],
+                    "shipments": book.status(elapsed) if book is not None else []}
 
         try:
             out.update(await self._writer_call(inside))

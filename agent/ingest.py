@@ -7,6 +7,12 @@ to the rules (they see all of them); the store keeps one reading per sensor and 
 per ``record_interval_s``, and every sample while the sensor is out of range. Decimation
 compares the readings' own timestamps, never the order of arrival.
 
+Shipments (:mod:`agent.shipment`) judge the stream beside the rules: every sample goes to
+the shipment book too (stability budget, freeze–thaw, GPS arrival), each reading of a
+sensor in an active shipment carries its id, a sensor's samples are not judged by the
+rules during its shipment's ignore period, and an alarm of a rule its leg mutes is
+recorded with ``muted`` (and runs no action).
+
 The ingest holds the agent timeline (:mod:`agent.timeline`): each sample goes to the rules
 with its elapsed time (from the boot-time clock stamped on arrival, or, for a reading
 stamped by its device, placed by the device's own clock), and :meth:`Ingest.tick` lets
@@ -21,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from agent.config import Config, SensorConfig
+from agent.shipment.book import stamp as stamp_book
 from agent.stamp import Stamper
 from agent.timeline import Timeline
 from drivers.base import Reading
@@ -63,6 +70,10 @@ class Ingest:
         #: the newest sample of each sensor and quantity, recorded or not, for status:
         #: ``{sensor: {quantity: (value, unit, ts, rssi)}}``
         self.last_seen: dict[str, dict[str, tuple[float, str, float, int | None]]] = {}
+        #: the shipment book (:class:`agent.shipment.book.ShipmentBook`), once the writer set it
+        self.book: Any = None
+        #: the book changed since its state was last committed (the writer saves it then)
+        self.book_changed = False
         #: elapsed time for the rules; :meth:`resume_timeline` continues a saved one
         self.timeline = Timeline.start(boot_id=stamper.boot_id, mono_ns=stamper.mono_ns(), wall=stamper.now(),
                                        synced=stamper.synced)
@@ -104,6 +115,32 @@ class Ingest:
         if self.judge is not None:
             for change in self.judge.tick(now, wall):
                 self.alarm(change)
+        if self.book is not None:
+            self.book_records(self.book.tick(now), wall, now)
+
+    # -- shipments -----------------------------------------------------------------------
+    def elapsed_now(self) -> tuple[float, float]:
+        """``(wall, elapsed)`` now, on the timeline."""
+        s = self.stamper
+        wall = s.now()
+        return wall, self.timeline.at(s.mono_ns())
+
+    def book_records(self, records: list[dict[str, Any]], wall: float, elapsed: float) -> list[dict[str, Any]]:
+        """Stamp what the shipment book returned and take it as records (alarms as alarms)."""
+        if not records:
+            return []
+        self.book_changed = True
+        out = []
+        for rec in stamp_book(records, wall_now=wall, elapsed_now=elapsed, ts_of=self.timeline.ts_of):
+            if rec.get("type") == "alarm":
+                self.alarm({k: v for k, v in rec.items() if k != "type"})
+                out.append(self.items[-1])
+            else:
+                ts = rec.pop("ts")
+                item = self.stamper.stamp(rec, ts=ts)
+                self.items.append(item)
+                out.append(item)
+        return out
 
     def reading(self, r: Reading, driver: str | None = None) -> None:
         """Take one reading, stamped now."""
@@ -122,7 +159,7 @@ class Ingest:
         last_recorded, default_interval = self._last_recorded, self.default_interval
         judge, judged, make_sample = self.judge, self.judged, self.sample_factory
         boot = self.stamper.boot_id
-        timeline = self.timeline
+        timeline, book = self.timeline, self.book
         elapsed = timeline.at(mono)
         timeline.note(elapsed, now, tq == "synced")
         for r in batch:
@@ -147,9 +184,19 @@ class Ingest:
             if seen is None:
                 seen = last_seen[sid] = {}
             seen[quantity] = (value, unit, ts, r.rssi)
-            if judge is not None and make_sample is not None and sid in judged:
-                at = elapsed if own is None else timeline.place(sid, ts, elapsed, now)
+            at = elapsed if own is None else timeline.place(sid, ts, elapsed, now)
+            shipment = None
+            if book is not None:
+                self.book_records(book.observe(sid, quantity, value, at), now, elapsed)
+                shipment = book.tag(sid)
+            if judge is not None and make_sample is not None and sid in judged and (
+                    book is None or book.judged(sid, at)):
                 for change in judge.observe(make_sample(sid, quantity, value, unit, ts, at)):
+                    if shipment is not None:
+                        change = {**change, "shipment": shipment}
+                        muted = book.muted(sid, change.get("rule", ""))
+                        if muted is not None:
+                            change["muted"] = muted  # recorded, and no action runs
                     self.alarm(change)
             # decimation, by the readings' own time: one per interval, all while out of range
             interval = default_interval if sensor is None or sensor.record_interval_s is None \
@@ -175,7 +222,9 @@ class Ingest:
                     item["brand"] = r.brand
             if driver is not None:
                 item["driver"] = driver
-            if sensor is not None and sensor.shipment:
+            if shipment is not None:
+                item["shipment"] = shipment
+            elif sensor is not None and sensor.shipment:
                 item["shipment"] = sensor.shipment
             items.append(item)
 

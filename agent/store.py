@@ -378,8 +378,7 @@ class Store:
                         tmpl = self._template(key)
                     if tmpl is not None:
                         text = tmpl % (head_hash, head_seq, rfc3339(ts), repr(v) if tv is float else str(v))
-                        body = text.encode("utf-8")
-                        head_hash = record_hash(head_hash, body)
+                        head_hash = record_hash(head_hash, text.encode("utf-8"))
                         rows.append((head_seq, "reading", ts, tq, sensor, quantity, text, head_hash,
                                      item.get("mono_ns"), item.get("boot_id")))
                         latest[(sensor, quantity)] = (head_seq, ts, v, unit)
@@ -428,8 +427,8 @@ class Store:
         if rows:
             self.conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
                                   [(str(head_seq), "head_seq"), (head_hash, "head_hash")])
-        for key, value in (state or {}).items():
-            self.conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, json.dumps(value)))
+        for name, value in (state or {}).items():
+            self.conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (name, json.dumps(value)))
         return [r[0] for r in rows]
 
     def _template(self, key: tuple[Any, ...]) -> str | None:

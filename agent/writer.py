@@ -280,6 +280,10 @@ class Writer:
         judge = self.ingest.judge
         if judge is not None:
             out["rules"] = judge.snapshot()
+        book = self.ingest.book
+        if book is not None:
+            out["shipments"] = book.snapshot()
+            self.ingest.book_changed = False
         if self._states is not None:
             out.update(self._states())
         return out
@@ -288,13 +292,14 @@ class Writer:
         """Always with an alarm change (an alarm is never raised twice after a crash),
         while any sensor is out of range or one just came back (an excursion and its
         budget are timed exactly across a crash), else every ``STATE_EVERY_S``."""
-        judge = self.ingest.judge
-        if judge is None and self._states is None:
+        judge, book = self.ingest.judge, self.ingest.book
+        if judge is None and book is None and self._states is None:
             return False
         out = frozenset(sid for sid in self.ingest.last_seen if judge is not None and judge.out_of_range(sid))
         changed = out != self._out_of_range
         self._out_of_range = out
-        return (changed or bool(out) or any(i["type"] == "alarm" for i in items)
+        shipments = book is not None and (self.ingest.book_changed or book.spending)  # a budget spent exactly
+        return (changed or bool(out) or shipments or any(i["type"] == "alarm" for i in items)
                 or time.monotonic() - self._state_saved_at >= STATE_EVERY_S)
 
     def _failed(self, exc: BaseException, todo: list[dict[str, Any]], states: dict[str, Any],

@@ -36,6 +36,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli.ble_cmd",
     "agent.cli.rules_cmd",
     "agent.cli.report_cmd",
+    "agent.cli.shipment_cmd",
 ]
 
 

@@ -63,6 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"(store {cfg.store.path}); logs in {data_dir / 'demo.log'}; Ctrl-C stops both")
     receiver = subprocess.Popen(rx_cmd, stdout=log_file, stderr=log_file, start_new_session=True)
     agent = None
+    shipment = None
     start = time.monotonic()
     interrupted = False
     # SIGTERM to the demo alone stops both children, as Ctrl-C does
@@ -70,6 +71,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         _wait_for_port(host, port, receiver)
         agent = subprocess.Popen(agent_cmd, stdout=log_file, stderr=log_file, start_new_session=True)
+        shipment = _start_shipment(cfg, agent)
+        print(f"shipment {shipment} started: probes 1-3, a 2 h stability budget above 8 °C; "
+              "its trip report is written when the demo stops", flush=True)
         while args.seconds is None or time.monotonic() - start < args.seconds:
             time.sleep(args.every)
             if agent.poll() is not None:
@@ -81,6 +85,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\nstopping…")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if shipment:
+            _stop_shipment(cfg, shipment)
         code = _stop(agent)
         if agent is not None and code == 0:
             # send what the agent committed on its way out
@@ -89,7 +95,65 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _stop(receiver)
         log_file.close()
     print(_final(rx_db, cfg))
+    if shipment:
+        print(_report(cfg_path, shipment, data_dir, log_file.name))
     return 130 if interrupted else 0
+
+
+def _start_shipment(cfg: Any, agent: subprocess.Popen[bytes]) -> str | None:
+    """A shipment of this run's own (an id is used once), started once the agent answers."""
+    from agent.control import ControlClient
+    from agent.exc import AgentNotRunning, ControlError
+
+    sid = time.strftime("SHP-DEMO-%Y%m%dT%H%M%S", time.gmtime())
+    spec = {"id": sid, "sensors": ["probe-1", "probe-2", "probe-3"], "profile": "demo-2-8C", "ignore_s": 10,
+            "planned_duration_s": 3600, "custodian": "Demo Pharma, Basel", "product": "Vaccine X, lot 42",
+            "origin": "Basel", "destination": "Frankfurt",
+            "legs": [{"name": "packing", "kind": "origin", "mode": "road"},
+                     {"name": "road to FRA", "kind": "transit", "mode": "road"}],
+            "stability": {"budget_s": 7200, "above": 8.0, "spent_upstream_s": 600}}
+    client = ControlClient(cfg.control.socket, timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and agent.poll() is None:
+        try:
+            client.request("shipment", action="start", spec=spec, by="demo")
+            client.request("shipment", action="leg", shipment=sid, by="demo")
+            return sid
+        except AgentNotRunning:
+            time.sleep(0.2)  # the agent is starting: its socket is not there yet
+        except ControlError as exc:
+            print(f"coldgate demo: the shipment could not start: {exc}", file=sys.stderr)
+            return None
+    return None
+
+
+def _stop_shipment(cfg: Any, sid: str) -> None:
+    from agent.control import ControlClient
+    from agent.exc import ControlError
+
+    client = ControlClient(cfg.control.socket, timeout=10)
+    with contextlib.suppress(ControlError):
+        client.request("shipment", action="handover", shipment=sid, **{"from": "Demo Pharma, Basel"},
+                       to="Frankfurt Clinic", signed_by="demo", note="delivered")
+        client.request("shipment", action="stop", shipment=sid, by="demo")
+
+
+def _report(cfg_path: Path, sid: str, data_dir: Path, log: str) -> str:
+    """Write the trip report beside the demo's data; the PDF when its extra is installed."""
+    import importlib.util
+
+    html = data_dir / f"{sid}.html"
+    written = []
+    base = [sys.executable, "-m", "agent", "report", sid, "--config", str(cfg_path)]
+    if subprocess.run([*base, "--html", str(html)], capture_output=True, check=False).returncode in (0, 1):
+        written.append(str(html))
+    if importlib.util.find_spec("fpdf") is not None:
+        pdf = data_dir / f"{sid}.pdf"
+        if subprocess.run([*base, "--pdf", str(pdf)], capture_output=True, check=False).returncode in (0, 1):
+            written.append(str(pdf))
+    else:
+        written.append("(install coldgate[report] for the PDF)")
+    return f"trip report of {sid}: {' and '.join(written)}" if written else f"no trip report for {sid}; see {log}"
 
 
 def _interrupt(signum: int, frame: Any) -> None:

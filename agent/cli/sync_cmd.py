@@ -56,7 +56,7 @@ def _in_process(cfg: Any, retry_set_aside: bool) -> dict[str, Any]:
                                                                     "ranges": released["ranges"]})])
         make = transport_for(cfg.uplink, store.gateway_id)
         loop = UplinkLoop(lambda: store, make, cfg.uplink, store.gateway_id, stamper,
-                          lambda item: store.append([item]))
+                          lambda item: _append(store, item))
         try:
             state = loop.drain()
         finally:
@@ -64,6 +64,10 @@ def _in_process(cfg: Any, retry_set_aside: bool) -> dict[str, Any]:
                 loop.transport.close()
         pending = store.stats()["pending"]
     return {"via": "this process (agent not running)", **state.as_dict(), "pending": pending, "released": released}
+
+
+def _append(store: Any, item: Any) -> None:
+    store.append([item])
 
 
 def _text(d: dict[str, Any]) -> str:

@@ -325,6 +325,13 @@ class ShipmentBook:
                 return rec
         raise KeyError(alarm_id)
 
+    @property
+    def spending(self) -> bool:
+        """Whether a stability budget is being spent now (its state is then saved with
+        every commit, so a crash loses none of it)."""
+        return any(sh.active and sh.budget is not None and sh.budget.last is not None and sh.budget.out_now
+                   for sh in self._shipments.values())
+
     def knows_alarm(self, alarm_id: str) -> bool:
         return any(alarm_id in sh.alarms for sh in self._shipments.values())
 

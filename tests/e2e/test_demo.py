@@ -34,6 +34,14 @@ def test_demo_shows_data_flowing_and_ends_with_a_verified_receiver_report(tmp_pa
     assert len(progress) >= 3 and "probe-3" in progress[-1] and "complete-and-verified" in progress[-1]
     assert "gateway demo-gw-01: complete-and-verified" in out.stdout
     assert (tmp_path / "data" / "store.db").exists() and (tmp_path / "data" / "receiver.db").exists()
+    # the demo runs a shipment, with the simulated excursion inside it, and says where its report is
+    started = [line for line in out.stdout.splitlines() if line.startswith("shipment SHP-DEMO-")]
+    sid = started[0].split()[1]
+    report_line = next(line for line in out.stdout.splitlines() if line.startswith(f"trip report of {sid}"))
+    html = tmp_path / "data" / f"{sid}.html"
+    assert str(html) in report_line and html.exists() and "probe-3" in html.read_text()
+    pdf = tmp_path / "data" / f"{sid}.pdf"
+    assert str(pdf) in report_line and pdf.read_bytes().startswith(b"%PDF")  # the test extra has coldgate[report]
 
 
 def test_ctrl_c_stops_the_demo_and_both_processes_cleanly(tmp_path: Path) -> None:
