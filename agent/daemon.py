@@ -666,18 +666,34 @@ class Agent:
                 f"uplink {up.result}, store {'ERROR ' + self.writer.store_error if self.writer.store_error else 'ok'}")
 
 
-def setup_logging(level: str = "info") -> None:
-    """Log to stderr for journald: syslog priority prefixes under systemd, plain otherwise."""
+def setup_logging(level: str = "info", *, json_lines: bool = False) -> None:
+    """Log to stderr for journald: syslog priority prefixes under systemd, plain otherwise;
+    ``json_lines``: one JSON object a line (``ts``, ``level``, ``logger``, ``message``)."""
     import sys
 
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+    if json_lines:
+        handler.setFormatter(_JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class _JsonFormatter(logging.Formatter):
+    """A log record as one JSON line, for a log shipper (``coldgate run --json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        out = {"ts": rfc3339(record.created), "level": record.levelname.lower(), "logger": record.name,
+               "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
 
 
 class _JournalFormatter(logging.Formatter):

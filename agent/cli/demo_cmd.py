@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +30,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=None, help="stop by itself after this long (default: Ctrl-C)")
     p.add_argument("--every", type=float, default=3.0, help="seconds between progress lines")
     p.add_argument("--fresh", action="store_true", help="start from empty databases")
+    p.add_argument("--json", action="store_true",
+                   help="progress as one JSON object a line, and the final report as JSON")
     p.set_defaults(func=cmd_demo)
 
 
@@ -72,14 +75,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _wait_for_port(host, port, receiver)
         agent = subprocess.Popen(agent_cmd, stdout=log_file, stderr=log_file, start_new_session=True)
         shipment = _start_shipment(cfg, agent)
-        print(f"shipment {shipment} started: probes 1-3, a 2 h stability budget above 8 °C; "
-              "its trip report is written when the demo stops", flush=True)
+        if not args.json:
+            print(f"shipment {shipment} started: probes 1-3, a 2 h stability budget above 8 °C; "
+                  "its trip report is written when the demo stops", flush=True)
         while args.seconds is None or time.monotonic() - start < args.seconds:
             time.sleep(args.every)
             if agent.poll() is not None:
                 print(f"agent exited with {agent.returncode}; see {data_dir / 'demo.log'}", file=sys.stderr)
                 return 1
-            print(_progress(time.monotonic() - start, cfg, rx_db), flush=True)
+            text, data = _progress(time.monotonic() - start, cfg, rx_db)
+            print(json.dumps(data) if args.json else text, flush=True)
     except KeyboardInterrupt:
         interrupted = True
         print("\nstopping…")
@@ -94,9 +99,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                            stdout=subprocess.DEVNULL, stderr=log_file, check=False)
         _stop(receiver)
         log_file.close()
-    print(_final(rx_db, cfg))
-    if shipment:
-        print(_report(cfg_path, shipment, data_dir, log_file.name))
+    reports = _report(cfg_path, shipment, data_dir) if shipment else []
+    if args.json:
+        print(json.dumps({"receiver": _receiver_report(rx_db, cfg), "shipment": shipment, "trip_report": reports}))
+    else:
+        print(_final(rx_db, cfg))
+        if shipment:
+            print(f"trip report of {shipment}: {' and '.join(reports)}" if reports else
+                  f"no trip report for {shipment}; see {log_file.name}")
     return 130 if interrupted else 0
 
 
@@ -133,12 +143,13 @@ def _stop_shipment(cfg: Any, sid: str) -> None:
 
     client = ControlClient(cfg.control.socket, timeout=10)
     with contextlib.suppress(ControlError):
-        client.request("shipment", action="handover", shipment=sid, **{"from": "Demo Pharma, Basel"},
-                       to="Frankfurt Clinic", signed_by="demo", note="delivered")
+        handover: dict[str, Any] = {"action": "handover", "shipment": sid, "from": "Demo Pharma, Basel",
+                                    "to": "Frankfurt Clinic", "signed_by": "demo", "note": "delivered"}
+        client.request("shipment", **handover)
         client.request("shipment", action="stop", shipment=sid, by="demo")
 
 
-def _report(cfg_path: Path, sid: str, data_dir: Path, log: str) -> str:
+def _report(cfg_path: Path, sid: str, data_dir: Path) -> list[str]:
     """Write the trip report beside the demo's data; the PDF when its extra is installed."""
     import importlib.util
 
@@ -153,7 +164,7 @@ def _report(cfg_path: Path, sid: str, data_dir: Path, log: str) -> str:
             written.append(str(pdf))
     else:
         written.append("(install coldgate[report] for the PDF)")
-    return f"trip report of {sid}: {' and '.join(written)}" if written else f"no trip report for {sid}; see {log}"
+    return written
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -198,14 +209,14 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> int:
         return proc.wait()
 
 
-def _progress(elapsed: float, cfg: Any, rx_db: Path) -> str:
+def _progress(elapsed: float, cfg: Any, rx_db: Path) -> tuple[str, dict[str, Any]]:
     from agent.control import ControlClient
     from agent.exc import ControlError
 
     try:
         st = ControlClient(cfg.control.socket, timeout=5.0).request("status")
     except ControlError:
-        return f"[{elapsed:5.0f} s] agent starting…"
+        return f"[{elapsed:5.0f} s] agent starting…", {"elapsed_s": round(elapsed, 1), "agent": "starting"}
     temps = []
     for sid, s in sorted(st.get("sensors", {}).items()):
         t = s.get("readings", {}).get("temperature")
@@ -218,7 +229,11 @@ def _progress(elapsed: float, cfg: Any, rx_db: Path) -> str:
             f"unsent {store.get('pending')} | receiver {held}")
     if alarms:
         line += f" | ALARMS: {', '.join(alarms)}"
-    return line
+    data = {"elapsed_s": round(elapsed, 1), "temperatures": {sid: s.get("readings", {}).get("temperature", {}).get(
+        "value") for sid, s in st.get("sensors", {}).items()}, "store_head_seq": store.get("head_seq"),
+        "unsent": store.get("pending"), "receiver": held, "alarms": alarms,
+        "shipments": st.get("shipments", [])}
+    return line, data
 
 
 def _receiver_summary(rx_db: Path) -> str:
@@ -233,6 +248,15 @@ def _receiver_summary(rx_db: Path) -> str:
         for stream in gw["streams"].values():
             parts.append(f"{stream['records']} records, {stream['verdict']}")
     return "; ".join(parts) or "empty"
+
+
+def _receiver_report(rx_db: Path, cfg: Any) -> dict[str, Any] | None:
+    from agent.receiver import Receiver
+
+    if not rx_db.exists():
+        return None
+    with Receiver(rx_db) as rx:
+        return dict(rx.report(cfg.gateway_id))
 
 
 def _final(rx_db: Path, cfg: Any) -> str:

@@ -20,6 +20,7 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("run", help="run the agent (what the systemd service starts)")
     add_config_arg(p)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override [log_level]")
+    p.add_argument("--json", action="store_true", help="log one JSON object a line to stderr (for a log shipper)")
     p.set_defaults(func=run)
 
 
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EX_CONFIG
-    setup_logging(args.log_level or ("debug" if args.verbose else cfg.log_level))
+    setup_logging(args.log_level or ("debug" if args.verbose else cfg.log_level), json_lines=args.json)
     for p in problems:  # the transient ones: the agent starts, and says what it meets
         logging.getLogger("coldgate").warning("%s", p)
     agent = Agent(cfg, config_path=path)
