@@ -13,12 +13,14 @@ __all__ = [
     "ColdgateError",
     "ConfigError",
     "ConfigProblem",
+    "ConfigRefused",
     "ControlError",
     "ControlRefused",
     "DecodeError",
     "DriverError",
     "DriverIOError",
     "DriverUnavailable",
+    "IdentityError",
     "SensorBusy",
     "ShipmentError",
     "StoreError",
@@ -56,6 +58,21 @@ class ConfigError(ColdgateError):
         lines = [f"{self.source}: invalid, {len(self.problems)} problem(s):"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+class ConfigRefused(ConfigError):
+    """A valid config the fleet policy refuses: unsigned, signed by a key not trusted, a
+    bad signature, a version lower than the running one, a file that rolled back before.
+    ``reason`` is one word for events and metrics (``unsigned``, ``bad_signature``,
+    ``untrusted_key``, ``downgrade``, ``rolled_back_before``)."""
+
+    def __init__(self, source: str, reason: str, problems: list[ConfigProblem]) -> None:
+        super().__init__(source, problems)
+        self.reason = reason
+
+
+class IdentityError(ColdgateError):
+    """The gateway's own key (``identity.key``) cannot be made, read or trusted."""
 
 
 class StoreError(ColdgateError):

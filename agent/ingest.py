@@ -53,6 +53,8 @@ class Ingest:
         #: the newest sample of each sensor and quantity, recorded or not, for status:
         #: ``{sensor: {quantity: (value, unit, ts, rssi)}}``
         self.last_seen: dict[str, dict[str, tuple[float, str, float, int | None]]] = {}
+        #: readings taken, per driver and sensor (metrics: one dict increment a reading)
+        self.received: dict[str | None, dict[str, int]] = {}
 
     def configure(self, config: Config) -> None:
         self.config = config
@@ -85,8 +87,12 @@ class Ingest:
         last_recorded, default_interval = self._last_recorded, self.default_interval
         judge, judged, make_sample = self.judge, self.judged, self.sample_factory
         boot = self.stamper.boot_id
+        counts = self.received.get(driver)
+        if counts is None:
+            counts = self.received[driver] = {}
         for r in batch:
             sid, quantity, unit = r.sensor_id, r.quantity, r.unit
+            counts[sid] = counts.get(sid, 0) + 1
             ts = r.ts
             if ts is None:
                 ts = now

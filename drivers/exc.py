@@ -9,6 +9,8 @@ not import ``agent``; :mod:`agent.exc` re-exports it and adds the agent's own ph
     │   ├── DriverIOError          was open, then failed: unplugged, read error, silence
     │   └── DecodeError            bytes that are not the format (counted, never fatal)
     ├── ConfigError                agent.exc: a config file is invalid (carries every problem)
+    │   └── ConfigRefused          valid, but refused by the fleet policy (carries ``reason``)
+    ├── IdentityError              agent.exc: the gateway's own signing key
     ├── StoreError                 agent.exc: the local store
     │   └── StoreFull              the disk quota or the disk itself is full
     ├── ControlError               agent.exc: the control socket between CLI and agent
