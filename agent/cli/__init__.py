@@ -31,6 +31,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli.ble_cmd",
     "agent.cli.rules_cmd",
     "agent.cli.report_cmd",
+    "agent.cli.fleet_cmd",
 ]
 
 
