@@ -133,3 +133,19 @@ def test_keys_generate_makes_a_private_key_only_its_owner_reads_and_config_sign_
     bad.write_text('gateway_id = "gw"\nconfig_versoin = 4\n')
     assert main(["config", "sign", str(bad), "--key", made["private_key"]]) == 1  # an invalid file is not signed
     assert not signature_path(bad).exists()
+
+
+def test_status_text_shows_the_running_version_its_hash_and_signer_a_trial_and_a_rollback() -> None:
+    from agent.status import render
+
+    text = render({"running": True, "pid": 1, "gateway_id": "gw", "clock": {}, "identity": {"key_id": "ab" * 8},
+                   "fleet": {"running": {"version": 7, "sha256": "f" * 64, "signer": "0123456789abcdef",
+                                         "source": "/etc/coldgate/coldgate.toml"},
+                             "trial": {"remaining_s": 80.0, "waiting_for": ["driver b: no reading since the apply"]},
+                             "last_rollback": {"at": "2026-01-02T03:04:05Z", "from": {"version": 8},
+                                               "failures": ["driver x: no reading"]}}})
+    assert "config: version 7, sha256 ffffffffffffffff…, signed by key 0123456789abcdef" in text
+    assert "ON TRIAL: health check for 80.0 s more; waiting for: driver b" in text
+    assert "ROLLED BACK at 2026-01-02 03:04:05 UTC from version 8: driver x: no reading" in text
+    assert "identity: key abababababababab" in text
+    assert "UNSIGNED" in render({"fleet": {"running": {"version": 0, "sha256": None, "signer": None}}})
