@@ -469,7 +469,8 @@ class Agent:
         previous = self.steward.provenance.batch()
         rollback = kept is not None
         window = new.fleet.health_window_s
-        await self.steward.applied(cand, window_s=window, drivers=self._enabled_drivers(new), rollback=rollback)
+        await self.steward.applied(cand, window_s=window, drivers=self._enabled_drivers(new), rollback=rollback,
+                                   uplink=new.uplink.url is not None or self._transport_factory is not None)
         if new.fleet.inbox != old.fleet.inbox or new.fleet.inbox_poll_s != old.fleet.inbox_poll_s:
             self._start_inbox(new)
         if new.metrics != old.metrics:

@@ -157,7 +157,8 @@ class Steward:
                        source=kept.provenance.source)
 
     # -- after an apply ------------------------------------------------------------------
-    async def applied(self, cand: Candidate, *, window_s: float, drivers: list[str], rollback: bool = False) -> None:
+    async def applied(self, cand: Candidate, *, window_s: float, drivers: list[str], rollback: bool = False,
+                      uplink: bool = True) -> None:
         """``cand`` now runs: start its trial (or, for a rollback or no window, keep it as good)."""
         self.cancel_trial(superseded=True)
         self.candidate, self.provenance = cand, cand.provenance
@@ -168,12 +169,13 @@ class Steward:
             await asyncio.to_thread(self.keeper.start_trial, cand, window_s)
         except OSError as exc:
             log.error("cannot keep the config on trial in %s (%s)", self.keeper.folder, exc)
-        await self.begin_trial(drivers, window_s)
+        await self.begin_trial(drivers, window_s, uplink=uplink)
 
-    async def begin_trial(self, drivers: list[str], window_s: float, *,
-                          baseline: Snapshot | None = None) -> None:
-        base = baseline or await self.snapshot()
-        self.trial = Trial(drivers, base, time.monotonic(), window_s, uplink_answered(base))
+    async def begin_trial(self, drivers: list[str], window_s: float, *, uplink: bool = True) -> None:
+        """Judge the config that runs now. ``uplink``: it has one (a config that removes the
+        uplink on purpose is not failed for the silence)."""
+        base = await self.snapshot()
+        self.trial = Trial(drivers, base, time.monotonic(), window_s, uplink and uplink_answered(base))
         self._outcome = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._watch(self.trial, self._outcome), name="trial")
 
