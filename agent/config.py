@@ -55,6 +55,8 @@ from drivers.exc import DriverUnavailable
 from drivers.fields import MAX_SECONDS, MIN_PERIOD_S, STRICT, StrictModel
 
 GATEWAY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: A config version given as text: dotted decimal integers (see agent.fleet.version).
+VERSION_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,15}){0,7}$"
 #: A config file larger than this is refused unread (a real one is a few KiB).
 MAX_CONFIG_BYTES = 1024 * 1024
 #: Tables and arrays nested deeper than this are refused (a real config nests 7 deep).
@@ -241,6 +243,70 @@ class TimeConfig(Model):
     )
 
 
+class FleetConfig(Model):
+    """Signed configs, versions, the drop directory and the health check (docs/fleet.md)."""
+
+    require_signature: bool = Field(
+        default=False,
+        description="refuse a config that is not signed by a trusted fleet key (config/gateway.toml: true); the "
+                    "running config's policy judges a candidate, and a candidate that requires it must be signed too")
+    trusted_keys: ConfigPath = Field(
+        default=Path("/etc/coldgate/trusted-keys"),
+        description="folder of trusted fleet public keys (PEM, *.pub or *.pem), owned by root and writable by "
+                    "nobody else; several at once for rotation")
+    inbox: ConfigPath | None = Field(
+        default=None, description="drop directory watched for new configs (e.g. /var/lib/coldgate/inbox); none = off")
+    inbox_poll_s: float = Field(default=5.0, ge=0.05, le=3600, description="how often the inbox is looked at")
+    state_dir: ConfigPath | None = Field(
+        default=None, description="where the last good config, the one on trial and those rolled back are kept "
+                                  "(default: the folder 'fleet' beside the store)")
+    health_window_s: float = Field(
+        default=120.0, ge=0, le=86_400,
+        description="after an apply, every enabled driver must deliver, the store commit and the uplink answer "
+                    "(if it answered before) within this time, else the last good config comes back; 0 = no check")
+
+
+class MetricsConfig(Model):
+    """Prometheus metrics (``coldgate[metrics]``): off unless ``listen`` or ``textfile`` is set."""
+
+    listen: str | None = Field(
+        default=None, description="loopback address and port of the /metrics endpoint, e.g. 127.0.0.1:9108; none = off")
+    textfile: ConfigPath | None = Field(
+        default=None, description="also write the metrics to this file for node_exporter's textfile collector "
+                                  "(*.prom, written atomically)")
+    textfile_interval_s: float = Field(default=60.0, ge=5, le=3600, description="how often the textfile is written")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9108")
+        import ipaddress
+
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError("the metrics endpoint has no authentication: listen on a loopback address "
+                             "(127.0.0.1, ::1) and let node_exporter's textfile or a proxy carry them further")
+        return v
+
+
+class IdentityConfig(Model):
+    """The gateway's Ed25519 identity and its signed chain checkpoints (agent/identity.py)."""
+
+    key: ConfigPath | None = Field(
+        default=None, description="the private key, made at first start (default: identity.key beside the store)")
+    checkpoint_interval_s: float = Field(
+        default=300.0, ge=0, le=86_400,
+        description="a signed chain_checkpoint this often when records were added (and at every stop); 0 = only at stop")
+
+
 class Calibration(Model):
     offset: float = Field(default=0.0, description="added after scaling: value = raw * slope + offset")
     slope: float = 1.0
@@ -286,6 +352,12 @@ class DriverConfig(StrictModel):
 
 class Config(Model):
     gateway_id: str = Field(pattern=GATEWAY_ID_PATTERN, description="this gateway's id, unique in the fleet")
+    config_version: int | str = Field(
+        default=0,
+        description="this config's version, set by the fleet's tool: an integer or dotted integers ('2025.6.1'), "
+                    "compared number by number; a lower one than the running is refused (docs/fleet.md)",
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2**53},
+                                     {"type": "string", "pattern": VERSION_PATTERN}]})
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     store: StoreConfig = StoreConfig()
     uplink: UplinkConfig = UplinkConfig()
@@ -297,6 +369,18 @@ class Config(Model):
     rules: RulesConfig = RulesConfig()
     shipments: list[ShipmentSpec] = Field(
         default_factory=list, description="shipments that start with the agent (see docs/shipments.md)")
+    fleet: FleetConfig = FleetConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    identity: IdentityConfig = IdentityConfig()
+
+    @field_validator("config_version", mode="plain")
+    @classmethod
+    def _version(cls, v: Any) -> int | str:
+        if type(v) is int and 0 <= v <= 2**53:
+            return v
+        if isinstance(v, str) and re.fullmatch(VERSION_PATTERN, v):
+            return v
+        raise ValueError("must be an integer >= 0 or dotted integers like '2025.6.1'")
 
     @field_validator("shipments")
     @classmethod
@@ -593,7 +677,14 @@ def _resolve_paths(config: Config, base: Path) -> Config:
               if getattr(up.mqtt, k) is not None and not getattr(up.mqtt, k).is_absolute()}
         if mq:
             uplink = uplink.model_copy(update={"mqtt": up.mqtt.model_copy(update=mq)})
-    return config.model_copy(update={"store": store, "uplink": uplink, "control": control})
+    sections: dict[str, Any] = {}
+    for name, keys in (("fleet", ("trusted_keys", "inbox", "state_dir")), ("metrics", ("textfile",)),
+                       ("identity", ("key",))):
+        section = getattr(config, name)
+        fixes = {k: fix(getattr(section, k)) for k in keys
+                 if getattr(section, k) is not None and not getattr(section, k).is_absolute()}
+        sections[name] = section.model_copy(update=fixes) if fixes else section
+    return config.model_copy(update={"store": store, "uplink": uplink, "control": control, **sections})
 
 
 def preflight(config: Config, **kwargs: Any) -> list[ConfigProblem]:

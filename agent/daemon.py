@@ -46,7 +46,13 @@ from agent.clockwatch import CHECK_EVERY_S, ClockWatch
 from agent.config import Config
 from agent.control import ControlServer
 from agent.driverset import DriverSet
-from agent.exc import ColdgateError, ConfigError, ControlRefused, StoreError
+from agent.exc import ColdgateError, ConfigError, ConfigRefused, ControlRefused, IdentityError, StoreError
+from agent.fleet.health import Snapshot
+from agent.fleet.inbox import Inbox
+from agent.fleet.keeper import Kept
+from agent.fleet.steward import Steward, fixed_changes
+from agent.identity import Identity, load_or_create
+from agent.identity import default_path as identity_default_path
 from agent.ingest import Ingest
 from agent.intake import Intake
 from agent.notify import Notifier
@@ -87,7 +93,14 @@ class Agent:
     """The running agent. ``await Agent(config).run()`` until stopped."""
 
     def __init__(self, config: Config, *, config_path: Path | None = None, clock: Clock | None = None,
-                 transport: Callable[[], Transport] | None = None, env: Mapping[str, str] | None = None) -> None:
+                 transport: Callable[[], Transport] | None = None, env: Mapping[str, str] | None = None,
+                 trusted_uid: int = 0) -> None:
+        #: the fleet's side of every config: provenance, verdicts, trials, rollback
+        self.steward = Steward(config, post=self._post_event, snapshot=self.health_snapshot,
+                               rollback=self._roll_back_to, trusted_uid=trusted_uid)
+        #: the file systemd names; a kept config may run instead (agent.fleet.keeper)
+        self.base_path = config_path
+        config, config_path = self.steward.choose_start(config, config_path)
         self.config = config
         self.config_path = config_path
         self.stamper = Stamper(clock or Clock(config.time.sync_source))
@@ -99,7 +112,7 @@ class Agent:
                                     config.control.socket.parent / spill_path(config.store.path).name])
         self._transport_factory = transport
         self.uplink = UplinkLoop(self._open_reader, self._make_transport(config), config.uplink, config.gateway_id,
-                                 self.stamper, self.intake.put_item)
+                                 self.stamper, self.intake.put_item, batch_config=self.steward.provenance_batch)
         self.writer.on_commit = self.uplink.wake
         self.drivers = DriverSet(self.intake, self._driver_state)
         self.clock_watch = ClockWatch(self.stamper, on_synced=self._clock_synced, post=self.intake.put_item)
@@ -113,6 +126,12 @@ class Agent:
             "apply": self._cmd_apply, "reload": self._cmd_reload, "alarm_ack": self._cmd_alarm_ack,
             "retry_set_aside": self._cmd_retry_set_aside, "shipment": self._cmd_shipment,
         })
+        #: committed events by name and data_loss by reason (metrics), across reopened stores
+        self.store_counters: dict[tuple[str, str], int] = {}
+        self.identity: Identity | None = None
+        self.identity_error: str | None = None
+        self.metrics: Any = None
+        self._inbox: Inbox | None = None
         self.engine: Any = None
         self.started_at = time.time()
         self.loop_heartbeat = time.monotonic()
@@ -130,7 +149,8 @@ class Agent:
     def _open_store(self) -> Store:
         cfg = self.config.store
         return Store.open(cfg.path, gateway_id=self.config.gateway_id, quota_bytes=int(cfg.quota_mb * (1 << 20)),
-                          reserve_pct=cfg.reserve_pct, keep_acked=cfg.keep_acked, stamper=self.stamper)
+                          reserve_pct=cfg.reserve_pct, keep_acked=cfg.keep_acked, stamper=self.stamper,
+                          counters=self.store_counters)
 
     def _open_reader(self) -> Store:
         cfg = self.config.store
@@ -184,13 +204,20 @@ class Agent:
             self.intake.put_item(self.stamper.event("agent_started", {
                 "version": __version__, "pid": os.getpid(),
                 "config": str(self.config_path) if self.config_path else None}))
+            resumed = self.steward.resumed_trial()
+            await asyncio.to_thread(self.steward.started, cfg.fleet.health_window_s)
             self.intake.put_item(self.stamper.event("config_applied", {
-                "source": str(self.config_path) if self.config_path else None,
-                "sha256": config_digest(self.config_path), "at": "start"}))
+                **self.steward.provenance.as_dict(), "at": "start", "resumed_trial": resumed or None}))
+            await self._start_identity()
             self.uplink.start()
             await self.drivers.start(cfg.drivers)
-            for coro, name in ((self._clock_loop(), "clock"), (self._watchdog_loop(), "watchdog")):
+            if resumed:  # a clean stop interrupted its health check: checked again from the start
+                await self.steward.begin_trial(self._enabled_drivers(cfg), cfg.fleet.health_window_s)
+            for coro, name in ((self._clock_loop(), "clock"), (self._watchdog_loop(), "watchdog"),
+                               (self._checkpoint_loop(), "checkpoint")):
                 self._spawn(coro, name)
+            self._start_inbox(cfg)
+            await self._start_metrics(cfg)
             log.info("coldgate %s running: gateway %s, store %s, %d driver(s), uplink %s, control %s",
                      __version__, cfg.gateway_id, cfg.store.path, len(self.drivers.drivers),
                      cfg.uplink.masked_url() or "none", cfg.control.socket)
@@ -204,6 +231,8 @@ class Agent:
             if self.writer.alive:  # start-up failed half-way: still commit what was taken
                 await asyncio.to_thread(self.writer.stop)
             self.uplink.stop(timeout=1.0)
+            if self.metrics is not None:
+                await asyncio.to_thread(self.metrics.stop)
             if self._status_store is not None:
                 self._status_store.close(sidecar=False)
             self.notifier.close()
@@ -212,15 +241,22 @@ class Agent:
     async def _shutdown(self) -> None:
         log.info("stopping: committing what is held")
         self.notifier.stopping()
+        await self.steward.stopping()
         await self.drivers.stop_all()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        make = self._checkpoint_maker()
 
         def last_words() -> None:
             self.ingest.report_invalid()
             self.ingest.event("agent_stopped", {"reason": "signal"})
             self.writer.flush()
+            if make is not None:  # the stop is signed: records 1..N, agent_stopped included
+                try:
+                    self.writer.checkpoint(make, force=True)
+                except Exception as exc:  # noqa: BLE001 - the records are committed; only the signature is missing
+                    log.error("no checkpoint at stop: %s", exc)
 
         with contextlib.suppress(Exception):
             await self._writer_call(last_words, timeout=30.0)
@@ -401,45 +437,64 @@ class Agent:
             await asyncio.sleep(min(every or 5.0, 5.0, self.stuck_after_s / 2))
 
     # -- reload ------------------------------------------------------------------------
-    async def reload(self, path: Path | None = None) -> dict[str, Any]:
-        """Load ``path`` (the live config by default) and apply it only when valid.
+    async def reload(self, path: Path | None = None, *, signature: Path | None = None,
+                     allow_downgrade: bool = False, origin: str = "reload", source: str | None = None,
+                     kept: Kept | None = None) -> dict[str, Any]:
+        """Verify ``path`` (the live config by default) and apply it only when it passes.
 
-        Reloads run one at a time. Only what changed restarts: drivers with unchanged
-        options keep running; rules are re-assigned with their state kept.
+        Reloads run one at a time. The candidate passes the fleet gate first
+        (:mod:`agent.fleet.gate`: signature, version, not rolled back before), then
+        validation and preflight. Only what changed restarts: drivers with unchanged
+        options keep running; rules are re-assigned with their state kept. Then its
+        health check runs (:mod:`agent.fleet.steward`). ``kept``: a rollback to the
+        agent's own copy of the last good config.
         """
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                return await self._reload(path or self.config_path)
+                return await self._reload(path or self.base_path or self.config_path, signature=signature,
+                                          allow_downgrade=allow_downgrade, origin=origin, source=source, kept=kept)
             finally:
                 self.notifier.ready(self.one_line())
 
-    def _reject(self, path: Path | None, problems: list[str]) -> dict[str, Any]:
+    def _reject(self, path: Path | None, problems: list[str], *, reason: str = "invalid",
+                candidate: Mapping[str, Any] | None = None, source: str | None = None) -> dict[str, Any]:
+        running = self.steward.provenance.batch()
         self.intake.put_item(self.stamper.event("config_rejected", {
-            "source": str(path) if path else None, "sha256": config_digest(path), "problems": problems}))
-        return {"applied": False, "problems": problems}
+            "source": source or (str(path) if path else None), "sha256": config_digest(path), "reason": reason,
+            "problems": problems, **({"candidate": dict(candidate)} if candidate else {}), "running": running}))
+        return {"applied": False, "reason": reason, "problems": problems, "running": running}
 
-    async def _reload(self, path: Path | None) -> dict[str, Any]:
+    async def _reload(self, path: Path | None, *, signature: Path | None = None, allow_downgrade: bool = False,
+                      origin: str = "reload", source: str | None = None, kept: Kept | None = None) -> dict[str, Any]:
         if path is None:
             return {"applied": False, "problems": ["the agent runs without a config file"]}
-        base = self.config_path.parent if self.config_path is not None else path.parent
+        base = self.base_path.parent if self.base_path is not None else path.parent
         try:
-            new = await asyncio.to_thread(configmod.load, path, base_dir=base)
+            if kept is not None:
+                cand = await asyncio.to_thread(self.steward.examine_kept, kept, base_dir=base)
+            else:
+                cand = await asyncio.to_thread(self.steward.examine, path, self.config, base_dir=base,
+                                               signature=signature, allow_downgrade=allow_downgrade, source=source)
+        except ConfigRefused as exc:
+            log.error("config %s refused (%s), keeping the running one:\n%s", source or path, exc.reason, exc.report())
+            return self._reject(path, [str(p) for p in exc.problems], reason=exc.reason, source=source)
         except ConfigError as exc:
-            log.error("config %s rejected, keeping the running one:\n%s", path, exc.report())
-            return self._reject(path, [str(p) for p in exc.problems])
+            log.error("config %s rejected, keeping the running one:\n%s", source or path, exc.report())
+            return self._reject(path, [str(p) for p in exc.problems], source=source)
+        new = cand.config
         missing = await asyncio.to_thread(configmod.preflight, new)
         if missing:  # what this machine lacks for it (token file, certificates, …): said now
             log.error("config %s rejected: %s", path, "; ".join(str(p) for p in missing))
-            return self._reject(path, [str(p) for p in missing])
+            return self._reject(path, [str(p) for p in missing], reason="preflight",
+                                candidate=cand.provenance.batch(), source=source)
         old = self.config
-        fixed = [k for k, a, b in (("gateway_id", new.gateway_id, old.gateway_id),
-                                   ("store.path", new.store.path, old.store.path),
-                                   ("control.socket", new.control.socket, old.control.socket)) if a != b]
+        fixed = fixed_changes(new, old)
         if fixed:
             problems = [f"{k}: cannot change while running; restart the service to apply" for k in fixed]
             log.error("config %s rejected: %s", path, "; ".join(problems))
-            return self._reject(path, problems)
+            return self._reject(path, problems, reason="needs_restart", candidate=cand.provenance.batch(),
+                                source=source)
         from agent.rules.engine import RuleEngine, Sample
 
         def rejudge() -> Any:
@@ -460,11 +515,137 @@ class Agent:
         if new.uplink != old.uplink:
             self.uplink.reconfigure(new.uplink, self._make_transport(new))
         drivers = await self.drivers.apply(new.drivers)
-        digest = config_digest(path)
-        self.intake.put_item(self.stamper.event("config_applied", {
-            "source": str(path), "sha256": digest, "at": "reload", "drivers": drivers}))
-        log.info("config %s applied (drivers restarted: %s)", path, ", ".join(drivers["restarted"]) or "none")
-        return {"applied": True, "sha256": digest, "drivers": drivers}
+        previous = self.steward.provenance.batch()
+        rollback = kept is not None
+        window = new.fleet.health_window_s
+        await self.steward.applied(cand, window_s=window, drivers=self._enabled_drivers(new), rollback=rollback,
+                                   uplink=new.uplink.url is not None or self._transport_factory is not None)
+        if new.fleet.inbox != old.fleet.inbox or new.fleet.inbox_poll_s != old.fleet.inbox_poll_s:
+            self._start_inbox(new)
+        if new.metrics != old.metrics:
+            await self._start_metrics(new)
+        prov = cand.provenance
+        if not rollback:
+            self.intake.put_item(self.stamper.event("config_applied", {
+                **prov.as_dict(), "at": origin, "previous": previous, "drivers": drivers,
+                "health_window_s": window or None}))
+        log.info("config %s (version %s, %s) applied (drivers restarted: %s)", prov.source, prov.version,
+                 f"signed by {prov.signer}" if prov.signer else "unsigned", ", ".join(drivers["restarted"]) or "none")
+        return {"applied": True, **prov.batch(), "drivers": drivers, "health_window_s": window or None}
+
+    async def _roll_back_to(self, kept: Kept, failures: list[str]) -> dict[str, Any]:
+        """The steward's way back: re-apply the last good config, kept in the state directory."""
+        return await self.reload(kept.path, kept=kept, origin="rollback")
+
+    @staticmethod
+    def _enabled_drivers(cfg: Config) -> list[str]:
+        return [d.name for d in cfg.drivers if d.enabled]
+
+    def _post_event(self, name: str, details: Mapping[str, Any]) -> None:
+        self.intake.put_item(self.stamper.event(name, details))
+
+    async def health_snapshot(self) -> Snapshot:
+        """What the health check of a config on trial looks at (agent.fleet.health)."""
+        drivers = {name: {"state": d.get("state"), "readings": (d.get("counters") or {}).get("readings", 0),
+                          "last_error": d.get("last_error")} for name, d in self.drivers.status().items()}
+        try:
+            committed, store_error = await self._writer_call(lambda: (self.writer.committed, self.writer.store_error))
+        except TimeoutError:
+            committed, store_error = 0, f"the writer did not answer within {WRITER_ANSWER_S:g} s"
+        st = self.uplink.state
+        return Snapshot(drivers, committed, store_error, st.ok_passes, st.result, st.last_error)
+
+    # -- identity and checkpoints ---------------------------------------------------------
+    async def _start_identity(self) -> None:
+        path = self.config.identity.key or identity_default_path(self.config.store.path)
+        try:
+            identity, created = await asyncio.to_thread(load_or_create, path)
+        except IdentityError as exc:
+            self.identity, self.identity_error = None, str(exc)
+            log.error("no signed checkpoints: %s", exc)
+            self.intake.put_item(self.stamper.event("identity_unusable", {"error": str(exc)}))
+            return
+        self.identity, self.identity_error = identity, None
+        if created:
+            self.intake.put_item(self.stamper.event("identity_created", {
+                "key_id": identity.key_id, "algorithm": "ed25519",
+                "public_key_hex": identity.describe()["public_key_hex"]}))
+
+    def _checkpoint_maker(self) -> Callable[[str, int, str], dict[str, Any]] | None:
+        ident = self.identity
+        if ident is None:
+            return None
+        gateway = self.uplink.gateway_id
+        stamper = self.stamper
+        return lambda stream, seq, head: stamper.event("chain_checkpoint", ident.checkpoint(gateway, stream, seq, head))
+
+    async def checkpoint(self, *, force: bool = False) -> int | None:
+        """Append a signed checkpoint over the store's head now (on the writer's thread)."""
+        make = self._checkpoint_maker()
+        if make is None:
+            return None
+        return await self._writer_call(lambda: self.writer.checkpoint(make, force=force), timeout=30.0)
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            every = self.config.identity.checkpoint_interval_s
+            await asyncio.sleep(every if every > 0 else 60.0)
+            if every <= 0 or self.identity is None:
+                continue
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - the next one may work; records are kept regardless
+                log.error("checkpoint failed: %s", exc)
+
+    # -- inbox and metrics ----------------------------------------------------------------
+    def _start_inbox(self, cfg: Config) -> None:
+        if self._inbox is not None:
+            self._inbox.stop()
+            self._inbox = None
+        if cfg.fleet.inbox is None:
+            return
+        self._inbox = Inbox(cfg.fleet.inbox, cfg.fleet.inbox_poll_s, self._inbox_apply)
+        self._spawn(self._inbox.run(), "inbox")
+
+    async def _inbox_apply(self, path: Path, signature: Path) -> dict[str, Any]:
+        """A drop in the inbox: applied as ``config apply`` would, then awaited through its
+        health check (the file goes to ``applied/`` only once it passed)."""
+        result = await self.reload(path, signature=signature, origin="inbox")
+        outcome = self.steward.outcome()
+        if result.get("applied") and outcome is not None:
+            result["health"] = await asyncio.shield(outcome)
+        return result
+
+    async def _start_metrics(self, cfg: Config) -> None:
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
+        if cfg.metrics.listen is None and cfg.metrics.textfile is None:
+            return
+        try:
+            from agent.metrics import Metrics
+
+            loop = asyncio.get_running_loop()
+            self.metrics = Metrics(cfg.metrics, lambda: asyncio.run_coroutine_threadsafe(
+                self.metrics_snapshot(), loop).result(10.0))
+            await asyncio.to_thread(self.metrics.start)
+        except (ColdgateError, OSError, ImportError) as exc:
+            log.error("metrics not served: %s", exc)
+            self.metrics = None
+
+    async def metrics_snapshot(self) -> dict[str, Any]:
+        """Everything the metrics show, asked of each part at scrape time (agent.metrics)."""
+        data = await self.status()
+
+        def counts() -> dict[str, Any]:
+            return {"received": {d: dict(c) for d, c in self.ingest.received.items()},
+                    "store_counters": dict(self.store_counters)}
+
+        try:
+            data.update(await self._writer_call(counts))
+        except TimeoutError:
+            pass
+        return data
 
     # -- control commands ----------------------------------------------------------------
     async def _cmd_ping(self, req: Mapping[str, Any]) -> dict[str, Any]:
@@ -484,10 +665,12 @@ class Agent:
         return {**state, "pending": pending}
 
     async def _cmd_apply(self, req: Mapping[str, Any]) -> dict[str, Any]:
-        path = req.get("path")
+        path, sig, source = req.get("path"), req.get("signature"), req.get("source")
         if not isinstance(path, str):
             raise ControlRefused("apply needs a 'path'")
-        return await self.reload(Path(path))
+        return await self.reload(Path(path), signature=Path(sig) if isinstance(sig, str) else None,
+                                 allow_downgrade=req.get("allow_downgrade") is True, origin="apply",
+                                 source=source if isinstance(source, str) else None)
 
     async def _cmd_reload(self, req: Mapping[str, Any]) -> dict[str, Any]:
         return await self.reload()
@@ -610,6 +793,9 @@ class Agent:
             "drivers": self.drivers.status(), "uplink_url": cfg.uplink.masked_url(),
             "sync": self.uplink.state.as_dict(), "stale": [], "stuck": self.stuck,
             "quota_bytes": int(cfg.store.quota_mb * (1 << 20)),
+            "fleet": self.steward.status(),
+            "identity": ({"key_id": self.identity.key_id} if self.identity is not None
+                         else {"error": self.identity_error}),
         }
 
         def inside() -> dict[str, Any]:

@@ -77,6 +77,8 @@ class Ingest:
         #: elapsed time for the rules; :meth:`resume_timeline` continues a saved one
         self.timeline = Timeline.start(boot_id=stamper.boot_id, mono_ns=stamper.mono_ns(), wall=stamper.now(),
                                        synced=stamper.synced)
+        #: readings taken, per driver and sensor (metrics: one dict increment a reading)
+        self.received: dict[str | None, dict[str, int]] = {}
 
     def configure(self, config: Config) -> None:
         self.config = config
@@ -162,8 +164,12 @@ class Ingest:
         timeline, book = self.timeline, self.book
         elapsed = timeline.at(mono)
         timeline.note(elapsed, now, tq == "synced")
+        counts = self.received.get(driver)
+        if counts is None:
+            counts = self.received[driver] = {}
         for r in batch:
             sid, quantity, unit = r.sensor_id, r.quantity, r.unit
+            counts[sid] = counts.get(sid, 0) + 1
             ts = own = r.ts
             if ts is None:
                 ts = now

@@ -158,6 +158,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"STALE: {', '.join(data['stale'])} did not answer in time; figures for it may be old")
     clock = data.get("clock", {})
     lines.append(f"clock: {'synchronised' if clock.get('synced') else 'NOT synchronised'} ({clock.get('source')})")
+    lines += _fleet_lines(data)
     lines += _store_lines(data)
     lines += _uplink_lines(data)
     for name, d in sorted(data.get("drivers", {}).items()):
@@ -174,6 +175,32 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"ALARM {a.get('alarm_id')}: {a.get('severity')} {a.get('rule')} on {a.get('sensor_id')}, "
                      f"{a.get('state')}, since {when(a.get('started_at'))}")
     return "\n".join(lines)
+
+
+def _fleet_lines(data: dict[str, Any]) -> list[str]:
+    """The config that runs (version, hash, signer), a trial in progress, the last rollback."""
+    fleet = data.get("fleet")
+    if not fleet:
+        return []
+    run = fleet.get("running") or {}
+    sha = run.get("sha256")
+    signer = f"signed by key {run['signer']}" if run.get("signer") else "UNSIGNED"
+    lines = [f"config: version {run.get('version')}, sha256 {sha[:16] + '…' if sha else '?'}, {signer}"
+             + (f" ({run['source']})" if run.get("source") else "")]
+    trial = fleet.get("trial")
+    if trial:
+        waiting = "; ".join(trial.get("waiting_for") or []) or "the first look"
+        lines.append(f"  ON TRIAL: health check for {trial.get('remaining_s')} s more; waiting for: {waiting}")
+    rb = fleet.get("last_rollback")
+    if rb:
+        lines.append(f"  ROLLED BACK at {when(rb.get('at'))} from version {(rb.get('from') or {}).get('version')}: "
+                     + "; ".join(rb.get("failures") or []))
+    ident = data.get("identity") or {}
+    if ident.get("key_id"):
+        lines.append(f"identity: key {ident['key_id']} signs the chain checkpoints")
+    elif ident.get("error"):
+        lines.append(f"identity: NONE, no signed checkpoints: {ident['error']}")
+    return lines
 
 
 def _store_lines(data: dict[str, Any]) -> list[str]:

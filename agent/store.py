@@ -42,7 +42,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +158,17 @@ class Store:
         self._lost: dict[str, Any] = {}
         self._last_loss_event = 0.0
         self._db: sqlite_utils.Database | None = None
+        #: committed events by name, data_loss by reason (metrics); the daemon passes one
+        #: dict that outlives a reopened store; None counts nothing
+        self.counters: dict[tuple[str, str], int] | None = None
+        self._tx_events: list[Mapping[str, Any]] = []
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, gateway_id: str, quota_bytes: int = 512 << 20,
              reserve_pct: float = 5.0, keep_acked: int = 100_000, check: bool = True,
-             create: bool = True, stamper: Stamper | None = None, clock: Clock | None = None) -> Store:
+             create: bool = True, stamper: Stamper | None = None, clock: Clock | None = None,
+             counters: dict[tuple[str, str], int] | None = None) -> Store:
         """Open (or create) the store at ``path``; set a broken one aside and start anew.
 
         With ``create=False`` a missing file raises :class:`StoreError` (the CLI reads a
@@ -192,6 +197,7 @@ class Store:
         store = cls(conn, p, quota_bytes=quota_bytes, reserve_pct=reserve_pct, keep_acked=keep_acked)
         store.reader = not create
         store.stamper = stamper or Stamper(clock)
+        store.counters = counters
         if not store.stream_id and not create:
             conn.close()
             raise StoreError(f"store {p} is being created; try again in a moment")
@@ -330,8 +336,11 @@ class Store:
             saved = (copy.deepcopy(self._lost), self._refusing, self._last_loss_event)
             try:
                 items = self._apply_quota(items)
+                self._tx_events = []
                 with self._transaction():
                     seqs = self._append_locked(items, state)
+                for item in self._tx_events:  # the events of this commit (none on the readings' path)
+                    self._count(item)
             except sqlite3.Error as exc:
                 self._lost, self._refusing, self._last_loss_event = saved
                 if _is_full(exc):
@@ -341,6 +350,44 @@ class Store:
                 self._lost, self._refusing, self._last_loss_event = saved
                 raise
             return seqs
+
+    def append_checkpoint(self, make: Callable[[str, int, str], Mapping[str, Any]]) -> int:
+        """Append the record ``make(stream, head_seq, head_hash)`` returns, reading the head
+        in the same transaction (under ``BEGIN IMMEDIATE``: no other writer, not even
+        another process, can append in between). For the signed ``chain_checkpoint``
+        (:mod:`agent.identity`), which covers records ``1..head_seq`` and gets
+        ``head_seq + 1``. Returns its seq."""
+        with self._lock:
+            try:
+                with self._transaction():
+                    head_seq = int(self._meta("head_seq") or 0)
+                    head_hash = self._meta("head_hash") or ZERO_HASH
+                    item = make(self.stream_id, head_seq, head_hash)
+                    self._tx_events = []
+                    seqs = self._append_locked([item], None)
+            except sqlite3.Error as exc:
+                if "full" in str(exc).lower():
+                    raise StoreFull(f"disk full while writing a checkpoint: {exc}") from exc
+                raise StoreError(f"checkpoint append failed: {type(exc).__name__}: {exc}") from exc
+            for done in self._tx_events:
+                self._count(done)
+            return seqs[0]
+
+    def _count(self, item: Mapping[str, Any]) -> None:
+        """Committed events by name and ``data_loss`` by reason, for metrics (events only:
+        they take the general path, never the readings' hot one)."""
+        counts = self.counters
+        if counts is None:
+            return
+        name = str(item.get("event"))
+        counts[("events", name)] = counts.get(("events", name), 0) + 1
+        if name == "data_loss":
+            details = item.get("details") or {}
+            reason = str(details.get("reason"))
+            counts[("loss_events", reason)] = counts.get(("loss_events", reason), 0) + 1
+            n = details.get("count")
+            lost = n if type(n) is int and n > 0 else 1
+            counts[("lost", reason)] = counts.get(("lost", reason), 0) + lost
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -390,6 +437,8 @@ class Store:
                     "sensor_id": item.get("sensor_id"), "quantity": item.get("quantity")})
                 rtype, ts = "event", item["ts"]
             ts = float(ts)
+            if rtype == "event" and self.counters is not None:
+                self._tx_events.append(item)
             fields = {k: v for k, v in item.items() if v is not None and k not in _NOT_COPIED}
             started = fields.get("started_at")
             if isinstance(started, (int, float)):

@@ -101,6 +101,7 @@ class Writer:
         self._next_tick = 0.0
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
         self._corrected_upto = 0
+        self._checkpointed = -1  # seq of the last checkpoint this run appended
         #: liveness for the watchdog: monotonic time of the last loop iteration, which
         #: comes at least every ``max_wait_s``
         self.heartbeat = time.monotonic()
@@ -465,6 +466,25 @@ class Writer:
         """Commit now what is pending (call on the writer's thread, e.g. through ``intake.call``)."""
         self._process(self.intake.take(10**9, 0.0, wake_on_any=True))
         self._commit()
+
+    def checkpoint(self, make: Callable[[str, int, str], Mapping[str, Any]], *, force: bool = False) -> int | None:
+        """Commit what is pending, then append ``make(stream, head_seq, head_hash)`` (the
+        signed ``chain_checkpoint``) over the head, read in the same transaction. Skipped
+        when nothing was appended since the last one (an idle store writes nothing), unless
+        ``force`` (at stop). Its seq, or None. Call on the writer's thread."""
+        self.flush()
+        store = self.store
+        if store is None or self.store_error is not None:
+            return None
+        if not force and store.head()[0] == self._checkpointed:
+            return None
+        seq = store.append_checkpoint(make)
+        self._checkpointed = seq
+        self.commits += 1
+        self.committed += 1
+        self.last_commit_at = time.monotonic()
+        self.on_commit(seq)
+        return seq
 
     def status(self) -> dict[str, Any]:
         """What status shows of the writer (call on its thread)."""

@@ -16,6 +16,8 @@ drifting apart (``tests/drivers/test_exc.py`` checks both ways)::
     │   ├── WrongKey               an encrypted BLE payload whose MIC fails with the bind key
     │   └── NoKey                  an encrypted BLE payload with no bind key configured
     ├── ConfigError                a config file is invalid (carries ``source``, every ``problems``)
+    │   └── ConfigRefused          valid, but refused by the fleet policy (carries ``reason``)
+    ├── IdentityError              the gateway's own signing key (``identity.key``)
     ├── StoreError                 the local store
     │   └── StoreFull              the disk quota or the disk itself is full
     ├── ControlError               the control socket between the CLI and the running agent
@@ -141,6 +143,21 @@ class ConfigError(ColdgateError):
         lines = [f"{self.source}: invalid, {len(self.problems)} problem(s):"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+class ConfigRefused(ConfigError):
+    """A valid config the fleet policy refuses: unsigned, signed by a key not trusted, a
+    bad signature, a version lower than the running one, a file that rolled back before.
+    ``reason`` is one word for events and metrics (``unsigned``, ``bad_signature``,
+    ``untrusted_key``, ``downgrade``, ``rolled_back_before``)."""
+
+    def __init__(self, source: str, reason: str, problems: list[ConfigProblem]) -> None:
+        super().__init__(source, problems)
+        self.reason = reason
+
+
+class IdentityError(ColdgateError):
+    """The gateway's own key (``identity.key``) cannot be made, read or trusted."""
 
 
 class StoreError(ColdgateError):

@@ -37,6 +37,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli.rules_cmd",
     "agent.cli.report_cmd",
     "agent.cli.shipment_cmd",
+    "agent.cli.fleet_cmd",
 ]
 
 

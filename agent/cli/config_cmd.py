@@ -43,9 +43,16 @@ def register(sub: Any) -> None:
     )
     apply.add_argument("file", help="the new config file (e.g. pushed by fleet management)")
     apply.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the running agent's verdict")
+    apply.add_argument("--signature", metavar="SIG", help="its detached signature (default: FILE.sig, if there)")
+    apply.add_argument("--allow-downgrade", action="store_true",
+                       help="accept a config_version lower than the running one (going back on purpose)")
     add_config_arg(apply)
     add_json_arg(apply)
     apply.set_defaults(func=cmd_apply)
+
+    from agent.cli.fleet_cmd import register_sign
+
+    register_sign(csub)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -90,15 +97,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """Validate, have the running agent apply it, and only then install it as the live file.
 
     The candidate is copied beside the live file (so relative paths resolve alike), with
-    the live file's owner, group and mode; the running agent loads it and answers with
-    its verdict. Only an applied file replaces the live one (atomically). With no agent
-    running, a valid file is installed and takes effect at the next start.
+    the live file's owner, group and mode, and so is its signature (``FILE.sig``); the
+    running agent verifies it (signature, version: docs/fleet.md), loads it and answers
+    with its verdict. Only an applied file replaces the live one (atomically), with its
+    signature. With no agent running, the file is verified against the live config's
+    policy here, installed, and takes effect at the next start.
     """
     from agent import config
     from agent.control import ControlClient
     from agent.exc import AgentNotRunning, ConfigError
+    from agent.fleet.trust import signature_path
 
     new, live = Path(args.file), Path(args.config)
+    sig = Path(args.signature) if args.signature else signature_path(new)
     try:
         cfg = config.load(new, base_dir=live.parent)
         problems = config.preflight(cfg)
@@ -110,19 +121,30 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return 1
     fd, tmp_name = tempfile.mkstemp(dir=live.parent, prefix=f".{live.name}.", suffix=".candidate")
     tmp = Path(tmp_name)
+    tmp_sig = signature_path(tmp)
     try:
         os.close(fd)
         shutil.copyfile(new, tmp)
         _keep_owner_and_mode(live, tmp)
+        if sig.exists():
+            shutil.copyfile(sig, tmp_sig)
+            _keep_owner_and_mode(live, tmp_sig)
         try:
-            verdict = ControlClient(cfg.control.socket, timeout=args.timeout).request("apply", path=str(tmp))
+            verdict = ControlClient(cfg.control.socket, timeout=args.timeout).request(
+                "apply", path=str(tmp), signature=str(tmp_sig), allow_downgrade=args.allow_downgrade,
+                source=str(live))
             via = "the running agent"
         except AgentNotRunning:
-            verdict, via = {"applied": True, "note": "no agent running: it takes effect at the next start"}, None
+            verdict, via = _offline_verdict(tmp, tmp_sig, live, args.allow_downgrade), None
         if verdict.get("applied"):
+            if tmp_sig.exists():
+                os.replace(tmp_sig, signature_path(live))
+            else:
+                signature_path(live).unlink(missing_ok=True)  # a stale signature of the old file
             os.replace(tmp, live)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp_sig.unlink(missing_ok=True)
     result = {"live": str(live), "via": via, **verdict}
     if not verdict.get("applied"):
         emit(args, result, lambda d: "the running agent rejected the file; "
@@ -131,6 +153,27 @@ def cmd_apply(args: argparse.Namespace) -> int:
     emit(args, result, lambda d: f"{d['live']} replaced; " + (
         "applied by the running agent" + _drivers_text(d.get("drivers")) if via else d["note"]))
     return 0
+
+
+def _offline_verdict(tmp: Path, tmp_sig: Path, live: Path, allow_downgrade: bool) -> dict[str, Any]:
+    """No agent runs: verify the candidate against the live config's policy (signature
+    under its keyring, version order) as the agent would, before installing it."""
+    from agent import config
+    from agent.exc import ConfigError
+    from agent.fleet.gate import examine
+
+    try:
+        running = config.load(live) if live.exists() else None
+    except ConfigError:
+        running = None  # a broken live file is being replaced: the candidate's own rules apply
+    try:
+        cand = examine(tmp, base_dir=live.parent, running=running,
+                       running_version=running.config_version if running is not None else None,
+                       signature=tmp_sig, allow_downgrade=allow_downgrade, source=str(live))
+    except ConfigError as exc:
+        return {"applied": False, "reason": getattr(exc, "reason", "invalid"),
+                "problems": [str(p) for p in exc.problems]}
+    return {"applied": True, **cand.provenance.batch(), "note": "no agent running: it takes effect at the next start"}
 
 
 def _drivers_text(drivers: dict[str, list[str]] | None) -> str:

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import UplinkConfig
@@ -67,6 +67,13 @@ class UplinkState:
     failures: int = 0
     acked_total: int = 0
     set_aside_total: int = 0
+    #: passes that ended with nothing left to send or sent (the fleet health check)
+    ok_passes: int = 0
+    #: batches by the transport's answer (metrics): ok, rejected, too_large, auth_refused, transient
+    answers: dict[str, int] = field(default_factory=dict)
+
+    def count(self, answer: str) -> None:
+        self.answers[answer] = self.answers.get(answer, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         now_mono, now = time.monotonic(), time.time()
@@ -82,6 +89,8 @@ class UplinkState:
             "failures": self.failures,
             "acked_total": self.acked_total,
             "set_aside_total": self.set_aside_total,
+            "ok_passes": self.ok_passes,
+            "answers": dict(self.answers),
         }
 
 
@@ -254,6 +263,7 @@ class UplinkLoop:
                 return st
             sent += 1
         st.result = "ok" if sent else "idle"
+        st.ok_passes += 1
         st.failures, st.next_retry_mono, st.last_error, st.last_status = 0, None, None, None
         st.last_success_at = time.time()
         return st
@@ -272,9 +282,11 @@ class UplinkLoop:
         try:
             self._send(batch)
         except SyncRejected as exc:
+            self.state.count("rejected")
             self._set_aside(batch, str(exc), exc.status)
             return
         except SyncTooLarge as exc:
+            self.state.count("too_large")
             if len(batch) == 1:
                 self._set_aside(batch, f"{exc} (a single record)", 413)
                 return
@@ -284,6 +296,7 @@ class UplinkLoop:
             return
         self.store.ack(seq for seq, _, _ in batch.records)
         st = self.state
+        st.count("ok")
         st.acked_total += len(batch)
         st.failures = 0  # each success starts the backoff again
         self._end_refusals()
@@ -329,6 +342,7 @@ class UplinkLoop:
         st.last_error = str(exc)
         st.last_status = exc.status
         cfg = self.config
+        st.count("auth_refused" if isinstance(exc, AuthRefused) else "transient")
         if isinstance(exc, AuthRefused):
             st.result = "auth_refused"
             delay = AUTH_RETRY_S

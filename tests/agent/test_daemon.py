@@ -265,7 +265,8 @@ def test_stop_commits_everything_taken_and_frees_the_store_for_the_next_agent(tm
         assert len(records(store_path, type="reading")) == 5000
         assert not agent.config.control.socket.exists()
         names = [e["event"] for e in records(store_path, type="event")]
-        assert names[:3] == ["stream_started", "agent_started", "config_applied"] and names[-1] == "agent_stopped"
+        assert names[:3] == ["stream_started", "agent_started", "config_applied"]
+        assert names[-2:] == ["agent_stopped", "chain_checkpoint"]  # the stop is signed
         again = Agent(configmod.load(cfg_path), config_path=cfg_path)  # the lock and the socket are free
         task = await start(again)
         again.stop()
