@@ -566,6 +566,7 @@ class Agent:
             self.intake.put_item(self.stamper.event("identity_unusable", {"error": str(exc)}))
             return
         self.identity, self.identity_error = identity, None
+        self.writer.make_checkpoint = self._checkpoint_maker()
         if created:
             self.intake.put_item(self.stamper.event("identity_created", {
                 "key_id": identity.key_id, "algorithm": "ed25519",

@@ -74,6 +74,8 @@ class Ingest:
         self.book: Any = None
         #: the book changed since its state was last committed (the writer saves it then)
         self.book_changed = False
+        #: a shipment ended: the writer closes it with a signed checkpoint after the commit
+        self.shipment_ended = False
         #: elapsed time for the rules; :meth:`resume_timeline` continues a saved one
         self.timeline = Timeline.start(boot_id=stamper.boot_id, mono_ns=stamper.mono_ns(), wall=stamper.now(),
                                        synced=stamper.synced)
@@ -138,6 +140,8 @@ class Ingest:
                 self.alarm({k: v for k, v in rec.items() if k != "type"})
                 out.append(self.items[-1])
             else:
+                if rec.get("event") == "shipment_stopped":
+                    self.shipment_ended = True
                 ts = rec.pop("ts")
                 item = self.stamper.stamp(rec, ts=ts)
                 self.items.append(item)

@@ -110,6 +110,8 @@ class Writer:
         self.committed = 0
         self.last_commit_at: float | None = None  # monotonic
         self.opened: Future[Store | None] = Future()
+        #: makes a signed ``chain_checkpoint`` (the daemon sets it when the gateway has an identity)
+        self.make_checkpoint: Callable[[str, int, str], Mapping[str, Any]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -271,6 +273,13 @@ class Writer:
             log.warning("store writable again after %s; %d held record(s) committed", self.store_error, len(todo))
             self.store_error, self.error_since, self._retries = None, None, 0
         self.on_commit(store.head()[0])
+        if self.ingest.shipment_ended and self.make_checkpoint is not None:
+            # the end of a shipment is sealed: a signed checkpoint over the records up to it
+            self.ingest.shipment_ended = False
+            try:
+                self.checkpoint(self.make_checkpoint, force=True)
+            except Exception:  # noqa: BLE001 - the records are committed; the next checkpoint covers them
+                log.exception("no checkpoint at the end of the shipment")
 
     def _rules_state(self, fresh: list[dict[str, Any]]) -> dict[str, Any]:
         """The judges' state, when this commit should carry it (see :meth:`_state_due`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from agent.cli.common import add_config_arg, add_json_arg, emit, load_config
@@ -33,12 +34,24 @@ def cmd_sync(args: argparse.Namespace) -> int:
         state = client.request("sync", wait=args.timeout + 5, timeout=args.timeout)
         result = {"via": "the running agent", **state, "released": released}
     except AgentNotRunning:
-        result = _in_process(cfg, args.retry_set_aside)
+        result = _in_process(cfg, args.retry_set_aside, Path(args.config))
     emit(args, result, _text)
     return 0 if result.get("result") in ("ok", "idle") else 1
 
 
-def _in_process(cfg: Any, retry_set_aside: bool) -> dict[str, Any]:
+def _provenance(cfg: Any, path: Path) -> dict[str, Any] | None:
+    """The ``config`` member of the batches: the live file's version and SHA-256 (its
+    signer is what the running agent verified; offline it is not claimed)."""
+    import hashlib
+
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return {"version": cfg.config_version, "sha256": digest, "signer": None}
+
+
+def _in_process(cfg: Any, retry_set_aside: bool, path: Path) -> dict[str, Any]:
     """No agent runs: drain the store from this process (the records it makes are stamped
     by the configured clock and appended directly)."""
     from agent.stamp import Stamper
@@ -56,7 +69,7 @@ def _in_process(cfg: Any, retry_set_aside: bool) -> dict[str, Any]:
                                                                     "ranges": released["ranges"]})])
         make = transport_for(cfg.uplink, store.gateway_id)
         loop = UplinkLoop(lambda: store, make, cfg.uplink, store.gateway_id, stamper,
-                          lambda item: _append(store, item))
+                          lambda item: _append(store, item), batch_config=lambda: _provenance(cfg, path))
         try:
             state = loop.drain()
         finally:

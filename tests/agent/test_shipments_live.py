@@ -82,6 +82,11 @@ def test_a_shipment_started_followed_and_stopped_through_the_cli_is_in_the_strea
         await poll(lambda: len(records(store, type="reading")) > n + 5)
         agent.stop()
         await task
+        ends = [e for e in records(store, type="event") if e["event"] in ("shipment_stopped", "chain_checkpoint")]
+        stop_at = next(i for i, e in enumerate(ends) if e["event"] == "shipment_stopped")
+        # the end of the shipment is sealed by a signed checkpoint covering it
+        seal = ends[stop_at + 1]
+        assert seal["event"] == "chain_checkpoint" and seal["details"]["head_seq"] >= ends[stop_at]["seq"]
         names = [e["event"] for e in records(store, type="event") if "shipment" in e["event"] or "custody" in
                  e["event"]]
         assert names[0] == "shipment_started" and "shipment_leg" in names and "custody_transferred" in names
