@@ -20,12 +20,20 @@ are never dropped) and the writer retries with backoff, reopening the store (a
 connection opened read-only stays so). Their loss, if any, is a ``data_loss`` event
 (``reason: store_unwritable``) committed as soon as the store takes writes. At stop,
 records still held go to a spill file beside the store (``<store>.held``), which the
-next start commits first; whatever cannot be kept even there is said in the log with
-its count.
+next start commits first. On a full disk the spill uses the store's spare (deleted for
+it); should even that fail, the spill keeps at least a ``data_loss`` record of what was
+held (counts, sensors, times), and only if that too cannot be written is the loss said
+in the log alone. The store's count of records refused for the quota is handed from a
+failed connection to the next one, never dropped with it.
+
+Seqs reused: a receiver that holds some of a batch's seqs with other content
+(``conflicts``, see :class:`agent.seqguard.ConflictWatch`) makes the writer start a new
+stream (:meth:`Writer.seqs_conflict`), at most once every ``CONFLICT_RESTART_S``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -34,13 +42,17 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.exc import StoreError
 from agent.ingest import Ingest
 from agent.intake import Intake
+from agent.space import Refusals, Spare, loss_details, tally_loss
 from agent.stamp import Stamper
-from agent.store import Store, loss_details, tally_loss
+from agent.store import Store, spare_path
+
+if TYPE_CHECKING:
+    from agent.uplink.base import Answer, Batch
 
 log = logging.getLogger("coldgate.writer")
 
@@ -54,6 +66,9 @@ STATE_EVERY_S = 10.0
 TICK_EVERY_S = 1.0
 PRUNE_EVERY_S = 60.0
 RETRY_BASE_S, RETRY_CAP_S = 0.5, 30.0
+#: The receiver's conflicts restart the stream at most this often (a hostile or broken
+#: server must not make the gateway start a stream with every batch).
+CONFLICT_RESTART_S = 600.0
 
 
 def spill_path(store_path: Path) -> Path:
@@ -101,6 +116,10 @@ class Writer:
         self.committed = 0
         self.last_commit_at: float | None = None  # monotonic
         self.opened: Future[Store | None] = Future()
+        #: the quota's refusal episode of a connection that failed, for the next one
+        self._refusals: Refusals | None = None
+        self._conflict_restart_at = -CONFLICT_RESTART_S
+        self.stream_restarts = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -330,6 +349,9 @@ class Writer:
     def _try_open(self) -> bool:
         try:
             self.store = self._open_store()
+            if self._refusals is not None:
+                self.store.adopt_refusals(self._refusals)
+                self._refusals = None
         except Exception as exc:  # noqa: BLE001 - retried; the records are held meanwhile
             self.store = None
             if self.store_error is None:
@@ -345,8 +367,10 @@ class Writer:
         """A connection that failed may stay failed (opened read-only): open it anew next time."""
         store, self.store = self.store, None
         if store is not None:
+            if store.refusals.active or store.refusals.unsaid:
+                self._refusals = store.refusals  # its count goes on in the next connection
             try:
-                store.close(sidecar=False)
+                store.close(sidecar=False, report=False)
             except Exception as exc:  # noqa: BLE001 - it is being replaced
                 log.debug("closing the failed store: %s", exc)
 
@@ -354,18 +378,54 @@ class Writer:
     def _close(self) -> None:
         if self.ingest.items or self._held or self._lost:
             self._commit()
-        if self._held or self._lost:
+        if self._refusals is not None and self.store is None and not self._held:
+            self._try_open()  # the new connection takes the count of the failed one
+        report = True
+        if self.store is not None:
+            try:
+                self.store.report_losses()
+            except Exception as exc:  # noqa: BLE001 - kept for the spill instead
+                log.error("the count of refused records could not be committed at exit: %s", exc)
+                self._refusals, report = self.store.refusals, False
+        if self._held or self._lost or (self._refusals is not None and self._refusals.unsaid):
             self._spill_held()
         if self.store is not None:
             try:
-                self.store.close()
+                self.store.close(report=report)
             except Exception as exc:  # noqa: BLE001 - closing at exit
                 log.error("closing the store failed: %s", exc)
             self.store = None
 
     def _spill_held(self) -> None:
-        """Keep what could not be committed in a file beside the store, for the next start."""
+        """Keep what could not be committed in a file beside the store, for the next start.
+
+        A full disk first gives up the store's spare; if the records still do not fit, the
+        spill keeps the record of their loss instead (a few hundred bytes)."""
         items = self._held + ([self._loss_event()] if self._lost else [])
+        refusals = self._refusals
+        if refusals is not None and refusals.unsaid:  # what the failed connection refused
+            details = refusals.details(ended=True, quota=0, usage=None)
+            if details is not None:
+                details.pop("quota_bytes", None)
+                items.append(self.stamper.event("data_loss", details))
+        for attempt in (1, 2):
+            try:
+                self._write_spill(items)
+                break
+            except (OSError, TypeError, ValueError) as exc:
+                full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                if attempt == 1 and full and Spare(self._spare, 0).release():
+                    continue
+                self._spill_loss(items, exc)
+                return
+        log.warning("%d record(s) held at exit kept in %s; the next start commits them", len(items), self.spill)
+        self._held, self._lost, self._refusals = [], {}, None
+
+    @property
+    def _spare(self) -> Path:
+        return spare_path(self.spill.with_name(self.spill.name.removesuffix(".held")))
+
+    def _write_spill(self, items: list[dict[str, Any]]) -> None:
         tmp = self.spill.with_name(self.spill.name + ".tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -376,12 +436,34 @@ class Writer:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.spill)
-        except (OSError, TypeError, ValueError) as exc:
-            log.error("%d record(s) held at exit could not be committed nor kept in %s (%s): they are lost",
-                      len(items), self.spill, exc)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _spill_loss(self, items: list[dict[str, Any]], exc: BaseException) -> None:
+        """The records did not fit in the spill: keep the record of their loss instead."""
+        readings = [i for i in items if i.get("type") == "reading"]
+        lost: dict[str, Any] = {}
+        tally_loss(lost, readings)
+        details: dict[str, Any] = {"reason": "store_unwritable", "what": "records", "count": len(items),
+                                   "readings": len(readings), "error": f"{self.store_error or ''}; spill: {exc}"}
+        if readings:
+            details.update({k: v for k, v in loss_details(lost).items() if k not in ("what", "count")})
+        others = [i for i in items if i.get("type") != "reading"]
+        details["alarms"] = sum(1 for i in others if i.get("type") == "alarm")
+        details["events"] = {}
+        for i in others:
+            if i.get("type") == "event":
+                details["events"][str(i.get("event"))] = details["events"].get(str(i.get("event")), 0) + 1
+        try:
+            self._write_spill([self.stamper.event("data_loss", details)])
+        except (OSError, TypeError, ValueError) as again:
+            log.error("%d record(s) held at exit could not be committed nor kept in %s (%s; %s): they are lost",
+                      len(items), self.spill, exc, again)
             return
-        log.warning("%d record(s) held at exit kept in %s; the next start commits them", len(items), self.spill)
-        self._held, self._lost = [], {}
+        log.error("%d record(s) held at exit could not be kept in %s (%s): their loss is kept there instead, "
+                  "for the next start to commit", len(items), self.spill, exc)
+        self._held, self._lost, self._refusals = [], {}, None
 
     def _replay_spill(self) -> None:
         """Records a previous run held at exit: committed before anything of this run."""
@@ -441,6 +523,41 @@ class Writer:
                     "the corrected time is ts + offset_s",
         }))
         self._urgent = True
+
+    def conflict_reporter(self) -> Callable[[Batch, Answer], None]:
+        """The ``on_conflict`` of :class:`agent.seqguard.ConflictWatch`: posts to this thread."""
+        def report(batch: Batch, answer: Answer) -> None:
+            self.intake.call(lambda: self.seqs_conflict(batch.stream, batch.first, batch.last, answer.conflicts))
+
+        return report
+
+    def seqs_conflict(self, stream: str, first: int, last: int, conflicts: int) -> None:
+        """The receiver holds ``conflicts`` records of batch ``first``-``last`` of ``stream``
+        with other content: this store went back in time and reuses seqs. Start a new stream
+        that says so, carrying the batch and everything after it (on the writer's thread)."""
+        store = self.store
+        if store is None or store.stream_id != stream:
+            log.info("conflicts for stream %s, which this store no longer writes", stream)
+            return
+        now = time.monotonic()
+        if now - self._conflict_restart_at < CONFLICT_RESTART_S:
+            log.error("the receiver reports %d conflict(s) in %s again; the stream was restarted %.0f s ago, "
+                      "not again before %.0f s", conflicts, stream, now - self._conflict_restart_at,
+                      CONFLICT_RESTART_S)
+            return
+        self._commit()
+        if self.store is not store:
+            return
+        try:
+            store.restart_stream({"detected_by": "receiver_conflicts", "conflicts": conflicts,
+                                  "conflicting_batch": [first, last]}, carry_from=first)
+        except Exception as exc:  # noqa: BLE001 - the records stay; the conflicts will be reported again
+            log.error("could not start a new stream after the receiver's conflicts: %s", exc)
+            return
+        self._conflict_restart_at = now
+        self.stream_restarts += 1
+        self._corrected_upto = 0
+        self.on_commit(store.head()[0])
 
     def flush(self) -> None:
         """Commit now what is pending (call on the writer's thread, e.g. through ``intake.call``)."""
