@@ -307,3 +307,49 @@ def test_the_conflict_watch_reports_a_batch_the_receiver_holds_with_other_conten
     assert answer == Answer(1, 0, 1) and seen == [(1, 2, 1)]
     watch.send(Batch("gw", "s", [(3, "{}", "c" * 64)]))
     assert seen == [(1, 2, 1)]
+
+
+def test_records_carried_into_a_new_stream_go_over_once_even_across_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    s = Store.open(path, gateway_id=GW, clock=Clock("assume_synced"))
+    for k in range(5):
+        s.append([reading(k * 1000 + j) for j in range(1000)])
+    old, head = s.stream_id, s.head()[0]
+    before = [(r["type"], r["ts"]) for r in s.records()]
+    real = s._append_locked  # noqa: SLF001
+    calls = {"n": 0}
+
+    def crash_on_the_third_transaction(items: Any, state: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:  # stream_started, one chunk carried, then the power goes
+            raise sqlite3.OperationalError("disk I/O error (test)")
+        return real(items, state)
+
+    s._append_locked = crash_on_the_third_transaction  # type: ignore[method-assign]  # noqa: SLF001
+    try:
+        s.restart_stream({"detected_by": "high_water_mark"})
+    except sqlite3.Error:
+        pass
+    s.conn.close()
+    with Store.open(path, gateway_id=GW) as again:  # the next start carries the rest
+        recs = again.records()
+        assert again.stream_id != old and recs[0]["details"]["carried_over"]["count"] == head
+        assert [r["seq"] for r in recs] == list(range(1, head + 2))
+        assert [(r["type"], r["ts"]) for r in recs[1:]] == before  # each once, in order
+
+
+def test_a_retired_stream_gives_its_room_back_but_keeps_what_was_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    s = Store.open(path, gateway_id=GW, quota_bytes=2 << 20, clock=Clock("assume_synced"))
+    try:
+        s.append([reading(i) for i in range(2000)])
+        s.set_aside([5], "422 from the server (test)")
+        s.ack(seq for seq in range(1, 2002) if seq != 5)
+        s.restart_stream({"detected_by": "receiver_conflicts"}, carry_from=10**6)
+        table = s.stats()["retired_streams"] and "retired_1_records"
+        freed = s._free_acked(1 << 20)  # noqa: SLF001 - what the quota does when it needs room
+        assert freed > 0
+        left = s.conn.execute(f"SELECT seq, state FROM {table}").fetchall()
+        assert left == [(5, 2)]  # the set-aside record is never deleted
+    finally:
+        s.close()

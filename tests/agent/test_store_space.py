@@ -264,3 +264,32 @@ def test_the_agent_opens_its_store_with_the_configured_reserve(tmp_path: Path) -
         assert store.budget.reserve == int((4 << 20) * 0.4)
     finally:
         store.close()
+
+
+def test_an_acknowledgement_the_disk_cannot_take_is_held_and_written_when_it_can(tmp_path: Path) -> None:
+    """The uplink's acknowledgement failed with a traceback and the batch went out again
+    and again (0.1: 50,000 duplicate receipts); now it waits in memory, its records not resent."""
+    with tmpfs(tmp_path / "disk", 4 << 20) as disk:
+        s = Store.open(disk / "s.db", gateway_id="gw", quota_bytes=4 << 20, spare_bytes=0,
+                       clock=Clock("assume_synced"))
+        try:
+            s.append([reading(i) for i in range(1000)])
+            assert s.pending(10)[0][0] == 1  # the stream_started event goes first
+            s.ack([1])
+            s.conn.execute("PRAGMA journal_size_limit = 0")
+            s.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL left to write into
+            ballast = fill(disk)
+            first = s.pending(300)
+            s.ack(seq for seq, _, _ in first)  # does not raise
+            assert s.stats()["acks_held"] == 300
+            second = s.pending(300)
+            assert second[0][0] == first[-1][0] + 1  # the held ones are not sent again
+            s.ack(seq for seq, _, _ in second)
+            assert s.stats()["acks_held"] == 600
+            ballast.unlink()  # room again
+            s.pending(10)
+            assert s.stats()["acks_held"] == 0
+            with sqlite3.connect(s.path) as other:
+                assert other.execute("SELECT count(*) FROM records WHERE state = 1").fetchone()[0] == 601
+        finally:
+            s.close()
