@@ -227,8 +227,8 @@ class ConflictWatch:
                       answer.conflicts, batch.key)
             try:
                 self.on_conflict(batch, answer)
-            except Exception:  # noqa: BLE001 - the answer still stands; the writer logs its own failure
-                log.exception("reporting conflicting seqs failed")
+            except Exception as exc:  # noqa: BLE001 - the answer still stands; the next conflict reports again
+                log.error("the conflicting seqs of batch %s could not be reported: %s", batch.key, exc)
         return answer
 
     def close(self) -> None:
