@@ -158,9 +158,16 @@ class Agent:
                           create=False, stamper=self.stamper)
 
     def _make_transport(self, config: Config) -> Callable[[], Transport] | None:
-        if self._transport_factory is not None:
-            return self._transport_factory
-        return transport_for(config.uplink, config.gateway_id)
+        """The configured transport, watched for conflicts: a receiver that holds some of
+        a batch's seqs with other content means seqs were reused (a store written back from
+        an image): the writer starts a new stream (:mod:`agent.seqguard`)."""
+        from agent.seqguard import ConflictWatch
+
+        make = self._transport_factory or transport_for(config.uplink, config.gateway_id)
+        if make is None:
+            return None
+        inner = make
+        return lambda: ConflictWatch(inner(), self.writer.conflict_reporter())
 
     async def _writer_call(self, fn: Callable[[], T], timeout: float = WRITER_ANSWER_S) -> T:
         """Run ``fn`` on the writer's thread (it owns the store, the ingest, the rules)."""

@@ -17,27 +17,45 @@ Append-only, gap-free, chained
 Nothing unsent is deleted
     Records are deleted only once acknowledged by the server, by ``seq``, keeping the
     newest ``keep_acked`` of them for diagnostics. Never by age.
-Quota
-    When the database reaches its quota, acknowledged records go first. If unsent data
-    alone fills it, new *readings* are refused (alarms and events still go into a reserve
-    of ``reserve_pct`` of the quota), and every refused reading is counted in a
-    ``data_loss`` event (which sensors, how many, over what time, why) written at once
-    and summarised when space returns. Committed data is never thinned or overwritten:
-    an auditor must be able to trust what is there.
+Quota (:mod:`agent.space`)
+    The quota counts live pages and the WAL, not free pages (SQLite reuses those for new
+    rows), and never more room than the filesystem has: the store leaves ``min_free``
+    of it free for acknowledgements and checkpoints, and keeps a spare file it deletes
+    when something else fills the disk. When space runs short, acknowledged records go
+    first (lowest seq first). If unsent data alone fills it, new *readings* are
+    refused; alarms and events go into a reserve of ``reserve_pct`` of the quota, and
+    beyond it they are refused too. Every refused record is counted in ``data_loss``
+    events, one episode at a time (when refusal starts, when alarms and events are
+    refused too, a summary at most every minute, when it ends). Committed data is never
+    thinned or overwritten: an auditor must be able to trust what is there. The WAL is
+    checkpointed at 1/16 of the quota (at most 1 MiB) and truncated when a transaction
+    grew it past twice that, so it never holds more than the disk can take back.
 Self-healing
     A database that cannot be opened or fails ``PRAGMA quick_check`` is set aside
     (renamed, with its WAL, never deleted) and a new stream starts whose first record is
     a ``stream_started`` event naming the reason, the set-aside file and the previous
     stream and its last seq (kept in a small side file next to the database).
+Seq never reused (:mod:`agent.seqguard`)
+    The side file ``<store>.stream`` is a durable high-water mark (stream id, highest
+    seq committed; fsynced at most every 2 s while the head moves, and at close). A
+    store found below it, or holding another stream than it names, has lost committed
+    records (a damaged WAL, an SD card written back from an image). The store then
+    starts a new stream in the same file: the old stream's tables are kept under
+    ``retired_<n>_…`` (never sent again), its unsent records are carried into the new
+    stream (same content, new seqs), and the ``stream_started`` event (reason
+    ``records_lost``) names the previous stream, the mark, the head found, the seqs
+    lost and what was carried. A receiver that answers ``conflicts`` for records the
+    gateway believes new (:class:`agent.seqguard.ConflictWatch`) starts the same
+    through :meth:`Store.restart_stream`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -50,6 +68,8 @@ import sqlite_utils
 
 from agent.canonical import ZERO_HASH, NeedsLibrary, canonical_with, record_hash, scalar, template
 from agent.exc import StoreError, StoreFull
+from agent.seqguard import MARK_EVERY_S, HighWater, Mark, read_mark
+from agent.space import EST_OTHER, EST_READING, Budget, Refusals, Spare, Usage, fs_free, loss_details, tally_loss
 from agent.stamp import Stamper
 from agent.timebase import Clock, rfc3339
 
@@ -71,24 +91,6 @@ _TEMPLATE_FIELDS = frozenset({*_TEMPLATE_KEYS, "value"})
 #: the keys of a reading item that can take the template path as it is (no copy of its fields)
 _FAST_READING_KEYS = frozenset({*_TEMPLATE_FIELDS, "type", "ts", "time_quality", "mono_ns", "boot_id"})
 _SLOTS = {"prev_hash": '"%s"', "seq": "%d", "ts": '"%s"', "value": "%s"}  # in sorted key order
-
-
-def tally_loss(lost: dict[str, Any], readings: Iterable[Mapping[str, Any]]) -> None:
-    """Count lost readings into ``lost``: how many, per sensor, first and last time."""
-    sensors = lost.setdefault("sensors", {})
-    for item in readings:
-        lost["count"] = lost.get("count", 0) + 1
-        ts = float(item["ts"])
-        lost["first_ts"] = min(lost.get("first_ts", ts), ts)
-        lost["last_ts"] = max(lost.get("last_ts", ts), ts)
-        sid = str(item.get("sensor_id"))
-        sensors[sid] = sensors.get(sid, 0) + 1
-
-
-def loss_details(lost: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``data_loss`` event details of a :func:`tally_loss` count."""
-    return {"what": "readings", "count": lost["count"], "sensors": lost["sensors"],
-            "from": rfc3339(lost["first_ts"]), "to": rfc3339(lost["last_ts"])}
 
 
 def _json_word(word: str) -> str:
@@ -138,18 +140,18 @@ class Store:
     """One stream's records in one SQLite file. Use :meth:`open`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, *, quota_bytes: int, reserve_pct: float,
-                 keep_acked: int) -> None:
+                 keep_acked: int, budget: Budget | None = None, mark_every_s: float = MARK_EVERY_S) -> None:
         self.conn = conn
         self.path = path
         self.quota_bytes = quota_bytes
-        self.reserve_bytes = int(quota_bytes * reserve_pct / 100.0)
+        self.budget = budget or Budget.for_quota(quota_bytes, reserve_pct)
+        self.reserve_bytes = self.budget.reserve
         self.keep_acked = keep_acked
         self._lock = threading.RLock()
         self.stream_id: str = self._meta("stream_id") or ""
         self.gateway_id: str = self._meta("gateway_id") or ""
-        self._refusing = False
         self._templates: dict[tuple[Any, ...], str] = {}
-        #: stamps the records the store writes itself (stream_started, data_loss)
+        #: stamps the records the store makes itself (stream_started, data_loss)
         self.stamper = Stamper()
         #: every record at or below this seq has left the queue (acked or set aside)
         self._floor = 0
@@ -162,18 +164,39 @@ class Store:
         #: dict that outlives a reopened store; None counts nothing
         self.counters: dict[tuple[str, str], int] | None = None
         self._tx_events: list[Mapping[str, Any]] = []
+        #: what the quota refused in the current episode (the writer hands it to the next
+        #: connection when it reopens the store)
+        self.refusals = Refusals()
+        self.spare = Spare(spare_path(path), self.budget.spare)
+        self.mark = HighWater(self.sidecar, every_s=mark_every_s)
+        #: the high-water mark of this stream when the store was found below it: nothing
+        #: may be appended until a new stream starts (only the owner starts one)
+        self._lost_below = 0
+        #: acknowledgements the disk could not take yet: ``[[first, last], ...]``
+        self._acks_held: list[list[int]] = []
+        self._refusing_saved: str | None = (self.load_state(QUOTA_STATE) or {}).get("refusing")
+        self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        wal_pages = max(16, self.budget.wal_bytes // self._page_size)
+        conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+        conn.execute(f"PRAGMA journal_size_limit = {wal_pages * self._page_size}")
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, gateway_id: str, quota_bytes: int = 512 << 20,
              reserve_pct: float = 5.0, keep_acked: int = 100_000, check: bool = True,
              create: bool = True, stamper: Stamper | None = None, clock: Clock | None = None,
-             counters: dict[tuple[str, str], int] | None = None) -> Store:
+             counters: dict[tuple[str, str], int] | None = None,
+             fs_min_free: int | None = None, spare_bytes: int | None = None,
+             mark_every_s: float = MARK_EVERY_S) -> Store:
         """Open (or create) the store at ``path``; set a broken one aside and start anew.
 
         With ``create=False`` a missing file raises :class:`StoreError` (the CLI reads a
         store; only the daemon creates one). The records the store makes itself are
         stamped by ``stamper`` (or a stamper on ``clock``): pass the configured one.
+        The owner (``create=True``) also checks the store against its high-water mark and
+        starts a new stream when committed records were lost (see the module docstring);
+        ``fs_min_free`` and ``spare_bytes`` override the sizes :class:`~agent.space.Budget`
+        derives from the quota.
         """
         p = Path(path)
         if not create and not p.exists():
@@ -194,15 +217,41 @@ class Store:
             log.error("store %s cannot be used (%s); set aside as %s, starting a new stream", p, exc, aside)
             reason = "corrupt"
             conn = cls._connect(p, check=False)
-        store = cls(conn, p, quota_bytes=quota_bytes, reserve_pct=reserve_pct, keep_acked=keep_acked)
+        budget = Budget.for_quota(quota_bytes, reserve_pct, min_free=fs_min_free, spare=spare_bytes)
+        try:
+            store = cls(conn, p, quota_bytes=quota_bytes, reserve_pct=reserve_pct, keep_acked=keep_acked,
+                        budget=budget, mark_every_s=mark_every_s)
+        except BaseException:
+            conn.close()
+            raise
         store.reader = not create
         store.stamper = stamper or Stamper(clock)
         store.counters = counters
         if not store.stream_id and not create:
             conn.close()
             raise StoreError(f"store {p} is being created; try again in a moment")
-        if not store.stream_id:
-            store._start_stream(gateway_id, reason or "new", error=error, set_aside=aside)
+        try:
+            if not store.stream_id:
+                store._start_stream(gateway_id, reason or "new", error=error, set_aside=aside)
+            else:
+                lost = store._check_mark()
+                if lost is not None and create:
+                    store._restart_after_loss(lost)
+                elif lost is not None:
+                    store._lost_below = int(lost.get("previous_last_seq") or 0)
+                    log.error("store %s lost committed records (%s); it takes no records until the agent "
+                              "starts a new stream", p, lost.get("detected_by"))
+            if create:
+                store._carry_over()  # one a crash interrupted
+                store._tend_space(store.usage())
+        except sqlite3.Error as exc:
+            conn.close()
+            if _is_full(exc):
+                raise StoreFull(f"disk full while opening store {p}: {exc}") from exc
+            raise StoreError(f"cannot open store {p}: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
         return store
 
     @staticmethod
@@ -241,17 +290,21 @@ class Store:
 
     @property
     def sidecar(self) -> Path:
+        """The high-water mark beside the database (:mod:`agent.seqguard`)."""
         return self.path.with_name(self.path.name + ".stream")
 
     def _start_stream(self, gateway_id: str, reason: str, *, error: str | None, set_aside: Path | None) -> None:
-        previous: dict[str, Any] = {}
-        try:
-            previous = json.loads(self.sidecar.read_text())
-        except (OSError, ValueError):
-            pass
-        if reason == "new" and previous.get("stream"):
+        previous = read_mark(self.sidecar)
+        if reason == "new" and previous is not None:
             reason = "store_missing"  # the file went away, but this gateway had a stream here
-        stream = str(uuid.uuid4())
+        details: dict[str, Any] = {"reason": reason}
+        if previous is not None:
+            details["previous_stream"] = previous.stream
+            details["previous_last_seq"] = previous.last_seq
+        if set_aside is not None:
+            details["set_aside"] = str(set_aside)
+        if error:
+            details["error"] = error
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -260,48 +313,58 @@ class Store:
                     self.conn.execute("COMMIT")
                     self.stream_id, self.gateway_id = existing, self._meta("gateway_id") or gateway_id
                     return
-                for k, v in (("stream_id", stream), ("gateway_id", gateway_id), ("head_seq", "0"),
-                             ("head_hash", ZERO_HASH), ("created_at", rfc3339(time.time()))):
-                    self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+                self.gateway_id = gateway_id
+                self._begin_stream_locked(details)
                 self.conn.execute("COMMIT")
             except BaseException:
                 _rollback(self.conn)
+                self.stream_id = self._meta("stream_id") or ""
                 raise
-        self.stream_id, self.gateway_id = stream, gateway_id
-        details: dict[str, Any] = {"reason": reason}
-        if previous.get("stream"):
-            details["previous_stream"] = previous["stream"]
-            if previous.get("last_seq") is not None:
-                details["previous_last_seq"] = previous["last_seq"]
-        if set_aside is not None:
-            details["set_aside"] = str(set_aside)
-        if error:
-            details["error"] = error
-        self.append([self.stamper.event("stream_started", details)])
-        self.write_sidecar()
+        self.mark.set(self.stream_id, self.head()[0])
+
+    def _begin_stream_locked(self, details: Mapping[str, Any]) -> None:
+        """Inside a transaction: a new stream in ``meta`` and its ``stream_started`` record.
+
+        One transaction, so a crash leaves either the old state or a stream that says why it
+        started — never a stream without its first record."""
+        stream = str(uuid.uuid4())
+        for k, v in (("stream_id", stream), ("gateway_id", self.gateway_id), ("head_seq", "0"),
+                     ("head_hash", ZERO_HASH), ("created_at", rfc3339(time.time()))):
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+        self._new_stream_id(stream)
+        self._append_locked([self.stamper.event("stream_started", details)], None)
+
+    def _new_stream_id(self, stream: str) -> None:
+        """The stream changed (here or in another process): forget what belonged to the old one."""
+        self.stream_id = stream
+        self._templates.clear()
+        self._floor = 0
+        self._acks_held = []
+        self._lost_below = 0
 
     def write_sidecar(self) -> None:
-        """Remember stream id and head seq beside the database (for the next stream_started)."""
-        tmp = self.sidecar.with_name(f"{self.sidecar.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"stream": self.stream_id, "last_seq": self.head()[0]}))
-        os.replace(tmp, self.sidecar)
+        """Make the high-water mark durable now (the owner does so at close)."""
+        self.mark.set(self.stream_id, self.head()[0])
 
-    def close(self, *, sidecar: bool | None = None) -> None:
+    def close(self, *, sidecar: bool | None = None, report: bool = True) -> None:
         """Close, after any statement in progress on another thread (never under it).
 
-        The side file is written by the store's owner, not by readers (``create=False``).
+        The owner commits the count of refused records first (``report=False`` leaves it in
+        :attr:`refusals`, for the writer to hand to the next connection) and writes the
+        high-water mark; readers (``create=False``) write it only if they appended.
         """
         with self._lock:
-            if not self.reader:
+            if not self.reader and report:
                 try:
                     self.report_losses()
                 except (StoreError, sqlite3.Error) as exc:
-                    log.error("could not record refused readings at close: %s", exc)
-            if sidecar if sidecar is not None else not self.reader:
-                try:
-                    self.write_sidecar()
-                except (OSError, sqlite3.Error):
-                    pass
+                    log.error("could not record refused records at close: %s", exc)
+            try:
+                if sidecar is not False and not self.reader and self.stream_id and not self._lost_below:
+                    self.mark.note(self.stream_id, self.head()[0])
+                self.mark.close(flush=sidecar is not False)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("high-water mark not written at close: %s", exc)
             self.conn.close()
 
     def __enter__(self) -> Store:
@@ -328,27 +391,41 @@ class Store:
         locally and not sent. Epoch-second values of ``started_at`` are formatted like
         ``ts``. ``state`` (e.g. the rule engine's snapshot) is saved in the same
         transaction, so the records and the state that produced them never disagree.
-        Readings refused for the quota are counted in a ``data_loss`` event.
-        Raises :class:`StoreFull` when the disk itself is full (nothing was written).
+        Records refused for the quota are counted in ``data_loss`` events (see
+        :mod:`agent.space`). Raises :class:`StoreFull` when the disk itself is full
+        (after the spare was released and the commit tried again; nothing was written).
         """
         with self._lock:
             # the loss accounting changes only with a commit: a failed one is retried whole
-            saved = (copy.deepcopy(self._lost), self._refusing, self._last_loss_event)
-            try:
-                items = self._apply_quota(items)
-                self._tx_events = []
-                with self._transaction():
-                    seqs = self._append_locked(items, state)
-                for item in self._tx_events:  # the events of this commit (none on the readings' path)
-                    self._count(item)
-            except sqlite3.Error as exc:
-                self._lost, self._refusing, self._last_loss_event = saved
-                if _is_full(exc):
-                    raise StoreFull(f"disk full while writing {len(items)} records: {exc}") from exc
-                raise StoreError(f"append failed: {type(exc).__name__}: {exc}") from exc
-            except BaseException:
-                self._lost, self._refusing, self._last_loss_event = saved
-                raise
+            saved = self.refusals.snapshot()
+            seqs: list[int] = []
+            for attempt in (1, 2):
+                try:
+                    kept = self._apply_quota(items)
+                    refusing = self.refusals.stage if self.refusals.active else None
+                    st = state
+                    if refusing != self._refusing_saved:  # for status in every process
+                        st = {**(state or {}), QUOTA_STATE: {"refusing": refusing, "limit": self.refusals.limit}}
+                    self._tx_events = []
+                    with self._transaction():
+                        self._sync_stream_locked()
+                        seqs = self._append_locked(kept, st)
+                    self._refusing_saved = refusing
+                    for item in self._tx_events:  # the events of this commit (none on the readings' path)
+                        self._count(item)
+                    break
+                except sqlite3.Error as exc:
+                    self.refusals.restore(saved)
+                    if _is_full(exc):
+                        if attempt == 1 and self.spare.release():
+                            continue
+                        raise StoreFull(f"disk full while writing {len(items)} records: {exc}") from exc
+                    raise StoreError(f"append failed: {type(exc).__name__}: {exc}") from exc
+                except BaseException:
+                    self.refusals.restore(saved)
+                    raise
+            if seqs:
+                self._after_commit(seqs[-1])
             return seqs
 
     def append_checkpoint(self, make: Callable[[str, int, str], Mapping[str, Any]]) -> int:
@@ -400,8 +477,18 @@ class Store:
             _rollback(self.conn)
             raise
 
+    def _sync_stream_locked(self) -> None:
+        """Inside a transaction: follow a new stream another connection started."""
+        stream = self._meta("stream_id") or ""
+        if stream != self.stream_id:
+            log.warning("store %s: stream %s replaced by %s", self.path, self.stream_id, stream)
+            self._new_stream_id(stream)
+
     def _append_locked(self, items: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None) -> list[int]:
         head_seq = int(self._meta("head_seq") or 0)
+        if head_seq < self._lost_below:
+            raise StoreError(f"store {self.path} lost committed records (head {head_seq}, high-water mark "
+                             f"{self._lost_below}): it takes no records until the agent starts a new stream")
         head_hash = self._meta("head_hash") or ZERO_HASH
         stream_json = json.dumps(self.stream_id)
         rows = []
@@ -444,8 +531,10 @@ class Store:
             if isinstance(started, (int, float)):
                 fields["started_at"] = rfc3339(started)
             tq = item["time_quality"]
-            body = self._reading_body(fields, tq, head_hash, head_seq, ts) if rtype == "reading" else None
-            if body is None:
+            maybe = self._reading_body(fields, tq, head_hash, head_seq, ts) if rtype == "reading" else None
+            if maybe is not None:
+                body = maybe
+            else:
                 # the members the store writes have a JSON form known here; only the
                 # caller's fields are checked and encoded
                 own = {"stream": stream_json, "seq": str(head_seq), "ts": f'"{rfc3339(ts)}"',
@@ -516,8 +605,9 @@ class Store:
             self._templates[key] = tmpl
         return (tmpl % (prev_hash, seq, rfc3339(ts), value)).encode("utf-8")
 
-    # -- quota -------------------------------------------------------------------------
+    # -- space (the policy is agent.space's) --------------------------------------------
     def disk_usage(self) -> int:
+        """The database file and its WAL as they sit on the disk (free pages included)."""
         total = 0
         for suffix in ("", "-wal"):
             try:
@@ -526,68 +616,147 @@ class Store:
                 pass
         return total
 
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(str(self.path) + "-wal").st_size
+        except OSError:
+            return 0
+
+    def usage(self) -> Usage:
+        """Live bytes (what the quota counts), free pages, file sizes, filesystem room.
+
+        The WAL counts at least at twice the size it is checkpointed at (what it may reach
+        before :meth:`_checkpoint` truncates it): it fills and restarts all the time, and
+        counting its size of the moment would start and end refusals with every commit."""
+        with self._lock:
+            pages = int(self.conn.execute("PRAGMA page_count").fetchone()[0])
+            free = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
+        ps, wal = self._page_size, self._wal_bytes()
+        return Usage(live=(pages - free) * ps + max(wal, 2 * self.budget.wal_bytes), free_pages=free * ps,
+                     file_bytes=pages * ps + wal, wal=wal, fs_free=fs_free(self.path.parent))
+
+    def _tend_space(self, u: Usage) -> Usage:
+        """The owner's spare: released when the disk is nearly full, made again when it has room."""
+        if self.reader or u.fs_free is None:
+            return u
+        b = self.budget
+        if u.fs_free < b.min_free // 4 and self.spare.release():
+            return self.usage()
+        if u.fs_free >= b.min_free + b.spare and self.spare.ensure(u.fs_free, b.min_free):
+            return self.usage()
+        return u
+
     def _apply_quota(self, items: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        """The items that fit, and the ``data_loss`` event of those that do not (see
+        :mod:`agent.space` for the tiers and the episode)."""
+        r, b = self.refusals, self.budget
         if not items:  # report_losses: say what was refused so far
-            return self._loss_event(final=not self._refusing)
-        usage = self.disk_usage()
-        limit = self.quota_bytes - self.reserve_bytes
-        if usage >= limit:
-            self._free_acked(usage - limit)
-            usage = self.disk_usage()
-        if usage < limit:
-            if self._refusing:
-                self._refusing = False
-                log.warning("store below its quota again; readings accepted")
-                return [*items, *self._loss_event(final=True)]
-            return items
-        # Over quota with unsent data: refuse readings, keep alarms and events.
-        kept = [i for i in items if i["type"] != "reading"]
-        refused = [i for i in items if i["type"] == "reading"]
+            return self._loss_event(ended=not r.active, usage=None)
+        u = self._tend_space(self.usage())
+        cap_readings, cap_all, limit = u.caps(b)
+        # a disk filled by something else leaves the store only its own pages: the margin
+        # that ends a refusal must be one they can give
+        hysteresis = min(b.hysteresis, max(4 * self._page_size, cap_readings // 16))
+        slack = hysteresis if r.active else 0
+        need = sum(EST_READING if i["type"] == "reading" else EST_OTHER for i in items)
+        if u.live + need > cap_readings - slack:  # acknowledged records make room first
+            if self._free_acked(u.live + need - (cap_readings - hysteresis)):
+                u = self.usage()
+                cap_readings, cap_all, limit = u.caps(b)
+        room_readings = cap_readings - slack - u.live
+        room_all = cap_all - u.live
+        kept: list[Mapping[str, Any]] = []
+        refused: list[Mapping[str, Any]] = []
+        used = 0
+        for item in items:
+            cost = EST_READING if item["type"] == "reading" else EST_OTHER
+            if used + cost <= (room_readings if item["type"] == "reading" else room_all):
+                kept.append(item)
+                used += cost
+            else:
+                refused.append(item)
         if refused:
-            first = not self._refusing
-            self._refusing = True
-            self._count_loss(refused)
+            first, stage_before = not r.active, r.stage
+            due = r.refuse(refused, limit, time.time())
             if first:
-                log.error("store quota (%d bytes) full of unsent records: refusing new readings", self.quota_bytes)
-            if first or time.monotonic() - self._last_loss_event > 60.0:
-                kept.extend(self._loss_event(final=False))
+                log.error("store %s full of unsent records (%s limit, %d of %d bytes used): refusing new readings",
+                          self.path, limit, u.live, cap_readings)
+            if r.stage == "records" and stage_before != "records":
+                log.error("store %s beyond its reserve: refusing alarms and events too", self.path)
+            return [*kept, *self._loss_event(ended=False, usage=u)] if due else kept
+        if r.active and room_readings - used >= EST_READING:
+            log.warning("store %s has room again: readings accepted", self.path)
+            return [*kept, *self._loss_event(ended=True, usage=u)]
         return kept
 
-    def _count_loss(self, refused: Iterable[Mapping[str, Any]]) -> None:
-        tally_loss(self._lost, refused)
-
-    def _loss_event(self, *, final: bool) -> list[dict[str, Any]]:
-        if not self._lost:
-            return []
-        lost, self._lost = self._lost, {}
-        self._last_loss_event = time.monotonic()
-        details = {
-            "reason": "store_full",
-            **loss_details(lost),
-            "quota_bytes": self.quota_bytes,
-            "still_refusing": not final,
-        }
-        return [self.stamper.event("data_loss", details)]
+    def _loss_event(self, *, ended: bool, usage: Usage | None) -> list[dict[str, Any]]:
+        details = self.refusals.details(ended=ended, quota=self.quota_bytes, usage=usage)
+        return [] if details is None else [self.stamper.event("data_loss", details)]
 
     def report_losses(self) -> None:
-        """Commit the count of readings refused so far (the owner does so before closing)."""
-        if self._lost:
+        """Commit the count of records refused so far (the owner does so before closing)."""
+        if self.refusals.unsaid:
             self.append([])
 
-    def _free_acked(self, need: int) -> None:
-        """Delete acknowledged records, lowest seq first, until ``need`` bytes are freed."""
-        # Deleted pages are reused by SQLite, so freeing rows makes room without VACUUM.
-        page = self.conn.execute("PRAGMA page_size").fetchone()[0]
-        rows = self.conn.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM records WHERE state = ?",
-                                 (ACKED,)).fetchone()
-        if not rows[0]:
+    def adopt_refusals(self, refusals: Refusals) -> None:
+        """Carry on an episode a previous connection to this store counted (the writer reopens)."""
+        if refusals.active or refusals.unsaid:
+            self.refusals = refusals
+
+    def _free_acked(self, need: int) -> int:
+        """Delete acknowledged records (retired streams first, then lowest seq first) until about
+        ``need`` bytes are free pages; deleted pages are reused by SQLite without VACUUM. Returns
+        the bytes freed."""
+        if need <= 0:
+            return 0
+        with self._lock:
+            ps = self._page_size
+            before = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+            def freed() -> int:
+                return (int(self.conn.execute("PRAGMA freelist_count").fetchone()[0]) - before) * ps
+
+            try:
+                self._free_retired(need)
+                n = max(1, (need - freed()) // EST_READING + 1)
+                for _ in range(8):  # rows share pages: delete until whole pages are free
+                    if freed() >= need:
+                        break
+                    cur = self.conn.execute(
+                        "DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE state = ? ORDER BY seq"
+                        " LIMIT ?)", (ACKED, n))
+                    if cur.rowcount < n:
+                        break  # no acknowledged record left
+                    n *= 2
+            except sqlite3.Error as exc:
+                log.warning("store %s: could not delete acknowledged records to make room: %s", self.path, exc)
+            self._checkpoint()
+            return max(0, freed())
+
+    def _checkpoint(self) -> None:
+        """Truncate a WAL that a large transaction grew past twice its limit (the next ones
+        would otherwise reuse only the first part and the rest stays on the disk)."""
+        if self._wal_bytes() <= 2 * self.budget.wal_bytes:
             return
-        per_row = max(1, rows[1] // rows[0] + 100)
-        n = max(1, need // per_row + page // per_row)
-        self.conn.execute(
-            "DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE state = ? ORDER BY seq LIMIT ?)",
-            (ACKED, n))
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 2000")  # a reader holds it at most this long
+            for attempt in (1, 2):
+                try:
+                    busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                    if busy:
+                        log.debug("store %s: WAL checkpoint waits for a reader", self.path)
+                    return
+                except sqlite3.Error as exc:
+                    if not (_is_full(exc) and attempt == 1 and self.spare.release()):
+                        log.warning("store %s: WAL checkpoint failed: %s", self.path, exc)
+                        return
+        finally:
+            self.conn.execute("PRAGMA busy_timeout = 30000")
+
+    def _after_commit(self, head: int) -> None:
+        if not self._lost_below:
+            self.mark.note(self.stream_id, head)
+        self._checkpoint()
 
     # -- sync side ---------------------------------------------------------------------
     def pending(self, limit: int) -> list[tuple[int, str, str]]:
@@ -597,34 +766,101 @@ class Store:
         consecutive unsent records walked in seq order from the lowest unsent seq known
         (``_floor``, so inserting a reading maintains no index). Either way a batch is
         fully named by its first and last seq: the Idempotency-Key never stands for two
-        different sets of records.
+        different sets of records. Read in one snapshot with the stream id, so a batch
+        and :attr:`stream_id` agree even when another connection starts a new stream.
+        Acknowledgements held in memory (a full disk) count as written.
         """
         with self._lock:
-            urgent = self.conn.execute(
-                "SELECT seq, body, hash FROM records WHERE state = 0 AND type != 'reading' ORDER BY seq LIMIT ?",
-                (limit,)).fetchall()
-            if urgent:
-                return urgent
-            backlog = self.conn.execute(
-                "SELECT seq, body, hash FROM records WHERE seq > ? AND state = 0 ORDER BY seq LIMIT ?",
-                (self._floor, limit)).fetchall()
-            if backlog:
-                self._floor = backlog[0][0] - 1  # nothing at or below is unsent
-            return backlog
+            if self._acks_held:
+                self._write_held_acks()
+            self.conn.execute("BEGIN")
+            try:
+                self._sync_stream_locked()
+                urgent = self._unsent("state = 0 AND type != 'reading'", 0, limit)
+                if urgent:
+                    return urgent
+                backlog = self._unsent("state = 0", self._floor, limit)
+                if backlog:
+                    self._floor = backlog[0][0] - 1  # nothing at or below is unsent
+                return backlog
+            finally:
+                self.conn.execute("COMMIT")
+
+    def _unsent(self, where: str, after: int, limit: int) -> list[tuple[int, str, str]]:
+        """Rows matching ``where`` above ``after``, ascending, skipping acknowledgements held."""
+        sql = f"SELECT seq, body, hash FROM records WHERE {where} AND seq > ?"
+        out: list[tuple[int, str, str]] = []
+        cursor = after
+        for lo, hi in self._acks_held:
+            if hi <= cursor:
+                continue
+            if lo - 1 > cursor:
+                out += self.conn.execute(sql + " AND seq < ? ORDER BY seq LIMIT ?",
+                                         (cursor, lo, limit - len(out))).fetchall()
+                if len(out) >= limit:
+                    return out
+            cursor = hi
+        return out + self.conn.execute(sql + " ORDER BY seq LIMIT ?", (cursor, limit - len(out))).fetchall()
 
     def ack(self, seqs: Iterable[int]) -> None:
-        self._set_state(seqs, ACKED)
+        """Mark records acknowledged by the server. When the disk cannot take even that, the
+        acknowledgement is held in memory (the records are not sent again meanwhile) and
+        written as soon as it can be; a restart before then sends them again (duplicates)."""
+        seqs = sorted(seqs)
+        if not seqs:
+            return
+        try:
+            self._set_state(seqs, ACKED)
+        except StoreFull as exc:
+            if not self._acks_held:
+                log.error("%s: acknowledgements held in memory until the disk has room", exc)
+            runs = _ranges(seqs)
+            merged = sorted([*self._acks_held, *runs])
+            self._acks_held = []
+            for lo, hi in merged:
+                if self._acks_held and lo <= self._acks_held[-1][1] + 1:
+                    self._acks_held[-1][1] = max(self._acks_held[-1][1], hi)
+                else:
+                    self._acks_held.append([lo, hi])
+
+    def _write_held_acks(self) -> None:
+        held = self._acks_held
+        try:
+            self._set_state([s for lo, hi in held for s in range(lo, hi + 1)], ACKED)
+        except StoreFull:
+            return
+        log.warning("store %s: %d held acknowledgement run(s) written", self.path, len(held))
+        self._acks_held = []
 
     def set_aside(self, seqs: Sequence[int], reason: str) -> None:
         """Keep records the server refused out of the queue (never deleted)."""
-        now = time.time()
-        with self._lock, self._transaction():
-            self.conn.executemany("UPDATE records SET state = ? WHERE seq = ?", [(SET_ASIDE, s) for s in seqs])
-            self.conn.executemany("INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?)", [(s, reason, now) for s in seqs])
+        self._set_state(sorted(seqs), SET_ASIDE, reason=reason)
 
-    def _set_state(self, seqs: Iterable[int], state: int) -> None:
-        with self._lock, self._transaction():
-            self.conn.executemany("UPDATE records SET state = ? WHERE seq = ? AND state = 0", [(state, s) for s in seqs])
+    def _set_state(self, seqs: Sequence[int], state: int, *, reason: str | None = None) -> None:
+        """Pending records of ``seqs`` to ``state``, in one transaction, if the stream they were
+        read from is still this store's. One UPDATE per seq: a range UPDATE makes SQLite keep
+        the rows in a temporary file first (a third more bytes written per acknowledgement)."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    with self._transaction():
+                        if (self._meta("stream_id") or "") != self.stream_id:
+                            log.info("store %s: records of ended stream %s not marked", self.path, self.stream_id)
+                            return
+                        self.conn.executemany("UPDATE records SET state = ? WHERE seq = ? AND state = 0",
+                                              [(state, s) for s in seqs])
+                        if state == SET_ASIDE:
+                            now = time.time()
+                            self.conn.executemany("INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?)",
+                                                  [(s, reason, now) for s in seqs])
+                    break
+                except sqlite3.Error as exc:
+                    if _is_full(exc):
+                        if attempt == 1 and self.spare.release():
+                            continue
+                        raise StoreFull(f"disk full while marking {len(seqs)} records: {exc}") from exc
+                    raise StoreError(f"marking records failed: {type(exc).__name__}: {exc}") from exc
+            self._checkpoint()
 
     def prune(self) -> int:
         """Delete acknowledged records beyond the newest ``keep_acked``, by seq. Returns how many."""
@@ -634,7 +870,154 @@ class Store:
             if row is None:
                 return 0
             cur = self.conn.execute("DELETE FROM records WHERE state = ? AND seq <= ?", (ACKED, row[0]))
+            self._checkpoint()
             return cur.rowcount
+
+    # -- records lost: a new stream ----------------------------------------------------
+    def _check_mark(self) -> dict[str, Any] | None:
+        """Compare the store with its high-water mark; what was lost, or None."""
+        mark: Mark | None = read_mark(self.sidecar)
+        if mark is None:
+            return None
+        head = self.head()[0]
+        if mark.stream == self.stream_id:
+            if head >= mark.last_seq:
+                return None
+            return {"detected_by": "high_water_mark", "previous_stream": mark.stream,
+                    "previous_last_seq": mark.last_seq, "head_found": head,
+                    "lost": {"first_seq": head + 1, "last_seq": mark.last_seq, "count": mark.last_seq - head}}
+        row = self.conn.execute("SELECT body FROM records WHERE seq = 1").fetchone()
+        if row is not None:
+            first = json.loads(row[0])
+            if first.get("event") == "stream_started" and first.get("details", {}).get("previous_stream") == mark.stream:
+                return None  # this stream followed the marked one before the mark was written
+        return {"detected_by": "stream_mismatch", "previous_stream": mark.stream,
+                "previous_last_seq": mark.last_seq, "found_stream": self.stream_id, "head_found": head}
+
+    def _restart_after_loss(self, lost: dict[str, Any]) -> None:
+        wal = Path(str(self.path) + "-wal")
+        if lost["detected_by"] == "high_water_mark":
+            try:
+                if wal.stat().st_size:
+                    # the frames past the damage are not replayed but still hold records: kept as found
+                    target = wal.with_name(f"{wal.name}.records-lost-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+                    shutil.copyfile(wal, target)
+                    lost["wal_copy"] = str(target)
+            except OSError as exc:
+                log.warning("could not keep a copy of the WAL %s: %s", wal, exc)
+        log.error("store %s lost committed records: %s; starting a new stream (no seq of %s is used again)",
+                  self.path, json.dumps({k: v for k, v in lost.items() if k != "detected_by"}),
+                  lost["previous_stream"])
+        self.restart_stream(lost)
+
+    def restart_stream(self, details: Mapping[str, Any], *, carry_from: int | None = None) -> None:
+        """End this stream and start a new one in the same file; see the module docstring.
+
+        The old stream's tables are renamed ``retired_<n>_…`` (kept, never sent again); its
+        unsent records — and with ``carry_from``, also the acknowledged ones from that seq
+        on (the receiver holds other content there) — are carried into the new stream in
+        bounded transactions, resumed at the next open if a crash interrupts them. The
+        ``stream_started`` event (reason ``records_lost``) says all of it.
+        """
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._sync_stream_locked()
+                old, head = self.stream_id, int(self._meta("head_seq") or 0)
+                retired = json.loads(self._meta("retired") or "[]")
+                n = max((r["n"] for r in retired), default=0) + 1
+                table = self._retire_locked(n)
+                keep_from = carry_from if carry_from is not None else 1 << 62
+                count, first, last = self.conn.execute(
+                    f"SELECT count(*), min(seq), max(seq) FROM {table} WHERE state = 0 OR (state = 1 AND seq >= ?)",
+                    (keep_from,)).fetchone()
+                d: dict[str, Any] = {"reason": "records_lost", **details}
+                d.setdefault("previous_stream", old)
+                d.setdefault("previous_last_seq", head)
+                d["retired_as"] = table
+                if count:
+                    d["carried_over"] = {"from_stream": old, "count": count, "first_seq": first, "last_seq": last,
+                                         "as_first_seq": 2, "as_last_seq": count + 1,
+                                         "what": "unsent records" if carry_from is None
+                                         else f"unsent records, and all from seq {carry_from}"}
+                retired.append({"n": n, "stream": old, "head_seq": head, "table": table, "at": rfc3339(time.time())})
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('retired', ?)", (json.dumps(retired),))
+                if count:
+                    self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('carry_over', ?)", (json.dumps(
+                        {"table": table, "next": first, "last": last, "keep_from": keep_from}),))
+                self._begin_stream_locked(d)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                _rollback(self.conn)
+                self._new_stream_id(self._meta("stream_id") or "")
+                raise
+        self.mark.set(self.stream_id, self.head()[0])
+        self._carry_over()
+
+    def _retire_locked(self, n: int) -> str:
+        """Inside a transaction: rename this stream's tables ``retired_<n>_…`` and make them anew
+        from their own schema (whatever the migrations made them); the newest-reading table is
+        emptied. Returns the retired records table."""
+        for name in ("records", "set_aside"):
+            (sql,) = self.conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                       (name,)).fetchone()
+            indexes = self.conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+                                        " AND sql IS NOT NULL", (name,)).fetchall()
+            for index, _ in indexes:
+                self.conn.execute(f'DROP INDEX "{index}"')
+            self.conn.execute(f'ALTER TABLE "{name}" RENAME TO "retired_{n}_{name}"')
+            self.conn.execute(sql)
+            for _, index_sql in indexes:
+                self.conn.execute(index_sql)
+        self.conn.execute("DELETE FROM latest")
+        return f"retired_{n}_records"
+
+    def _carry_over(self) -> None:
+        """Carry the planned records of a retired stream into this one, a chunk per transaction."""
+        while True:
+            with self._lock:
+                raw = self._meta("carry_over")
+                if not raw:
+                    return
+                plan = json.loads(raw)
+                rows = self.conn.execute(
+                    f'SELECT seq, ts, tq, body, mono_ns, boot_id FROM "{plan["table"]}" WHERE seq >= ? AND seq <= ?'
+                    " AND (state = 0 OR (state = 1 AND seq >= ?)) ORDER BY seq LIMIT ?",
+                    (plan["next"], plan["last"], plan["keep_from"], CARRY_CHUNK)).fetchall()
+                with self._transaction():
+                    self._sync_stream_locked()
+                    if rows:
+                        seqs = self._append_locked([_carried(r) for r in rows], None)
+                        plan["next"] = rows[-1][0] + 1
+                        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'carry_over'", (json.dumps(plan),))
+                    else:
+                        seqs = []
+                        self.conn.execute("DELETE FROM meta WHERE key = 'carry_over'")
+                        log.warning("store %s: records of %s carried into stream %s", self.path, plan["table"],
+                                    self.stream_id)
+                if seqs:
+                    self._after_commit(seqs[-1])
+
+    def _free_retired(self, need: int) -> None:
+        """Delete rows of retired streams that live on elsewhere (acknowledged, or carried into
+        this stream); set-aside ones stay. A table left empty is dropped."""
+        retired = json.loads(self._meta("retired") or "[]")
+        plan = json.loads(self._meta("carry_over") or "null")
+        for r in retired:
+            table = r["table"]
+            exists = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                       (table,)).fetchone()
+            if not exists:
+                continue
+            below = plan["next"] if plan and plan["table"] == table else 1 << 62
+            n = max(1, need // EST_READING + 1)
+            self.conn.execute(f'DELETE FROM "{table}" WHERE seq IN (SELECT seq FROM "{table}" WHERE state != ?'
+                              " AND seq < ? ORDER BY seq LIMIT ?)", (SET_ASIDE, below, n))
+            if self.conn.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchone() is None:
+                self.conn.execute(f'DROP TABLE "{table}"')
+            need -= n * EST_READING
+            if need <= 0:
+                return
 
     # -- reading back ------------------------------------------------------------------
     # The queries behind ``coldgate readings``, ``alarms`` and ``events`` go through
@@ -728,9 +1111,15 @@ class Store:
             oldest = row[0] if row else None  # the first unsent record, in creation order
             pending_urgent = self.conn.execute(
                 "SELECT count(*) FROM records WHERE state = 0 AND type != 'reading'").fetchone()[0]
+            quota_state = self.load_state(QUOTA_STATE) or {}
+            refusing = quota_state.get("refusing")  # what the owner said, in whichever process
+            retired = [{"stream": r["stream"], "head_seq": r["head_seq"], "at": r["at"]}
+                       for r in json.loads(self._meta("retired") or "[]")]
+            stream = self._meta("stream_id") or self.stream_id
+        u = self.usage()
         return {
             "path": str(self.path),
-            "stream": self.stream_id,
+            "stream": stream,
             "head_seq": head_seq,
             "pending": counts.get(PENDING, 0),
             "pending_alarms_events": pending_urgent,
@@ -738,9 +1127,18 @@ class Store:
             "set_aside": counts.get(SET_ASIDE, 0),
             "oldest_pending_ts": rfc3339(oldest) if oldest is not None else None,
             "oldest_pending_age_s": round(time.time() - oldest, 1) if oldest is not None else None,
-            "disk_bytes": self.disk_usage(),
+            "disk_bytes": u.live,
+            "file_bytes": u.file_bytes,
+            "free_page_bytes": u.free_pages,
+            "wal_bytes": u.wal,
+            "fs_free_bytes": u.fs_free,
             "quota_bytes": self.quota_bytes,
-            "refusing_readings": self._refusing,
+            "reserve_bytes": self.budget.reserve,
+            "spare_present": self.spare.present,
+            "refusing_readings": refusing is not None,
+            "refusing": refusing,
+            "retired_streams": retired,
+            "acks_held": sum(hi - lo + 1 for lo, hi in self._acks_held),
         }
 
     def release_set_aside(self) -> dict[str, Any]:
@@ -771,6 +1169,32 @@ class Store:
             else:
                 out.append({"first_seq": seq, "last_seq": seq, "count": 1, "reason": reason, "at": rfc3339(at)})
         return out
+
+
+def spare_path(store_path: Path) -> Path:
+    """The spare file the store keeps for a full disk (:class:`agent.space.Spare`)."""
+    return store_path.with_name(store_path.name + ".spare")
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL (the disk, or ``max_page_count``), by its result code, not its message."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+
+
+#: The key in ``state`` under which the owner says whether it refuses records.
+QUOTA_STATE = "store.refusing"
+#: Records carried from a retired stream per transaction.
+CARRY_CHUNK = 2000
+
+
+def _carried(row: Sequence[Any]) -> dict[str, Any]:
+    """A retired record as an item to append again: its content, without its old place."""
+    _seq, ts, tq, body, mono_ns, boot_id = row
+    item = json.loads(body)
+    for key in ("stream", "seq", "prev_hash"):
+        item.pop(key, None)
+    item.update(ts=float(ts), time_quality=tq, mono_ns=mono_ns, boot_id=boot_id)
+    return dict(item)
 
 
 def _ranges(seqs: Sequence[int]) -> list[list[int]]:
@@ -814,11 +1238,6 @@ def _db(conn: sqlite3.Connection) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
 
 
-def _is_full(exc: sqlite3.Error) -> bool:
-    """SQLITE_FULL: the disk (or ``max_page_count``) is full, by SQLite's own code, not its wording."""
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
-
-
 def _where_note(p: Path) -> str:
     """Why SQLite may not open ``p``, said plainly ("unable to open database file" does not)."""
     try:
@@ -838,4 +1257,5 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-__all__ = ["ACKED", "MIGRATIONS", "PENDING", "SET_ASIDE", "Store"]
+__all__ = ["ACKED", "MIGRATIONS", "PENDING", "QUOTA_STATE", "SET_ASIDE", "Store", "loss_details", "spare_path",
+           "tally_loss"]

@@ -25,10 +25,22 @@ filesystem takes no writes either (an SD card remounted read-only), to the runti
 directory (``/run/coldgate``: it survives a restart of the service, not a reboot); the
 next start commits them first. Whatever cannot be kept anywhere is said in the log with
 its count, and the agent exits non-zero.
+
+records still held go to a spill file beside the store (``<store>.held``), which the
+next start commits first. On a full disk the spill uses the store's spare (deleted for
+it); should even that fail, the spill keeps at least a ``data_loss`` record of what was
+held (counts, sensors, times), and only if that too cannot be written is the loss said
+in the log alone. The store's count of records refused for the quota is handed from a
+failed connection to the next one, never dropped with it.
+
+Seqs reused: a receiver that holds some of a batch's seqs with other content
+(``conflicts``, see :class:`agent.seqguard.ConflictWatch`) makes the writer start a new
+stream (:meth:`Writer.seqs_conflict`), at most once every ``CONFLICT_RESTART_S``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,14 +49,18 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.exc import StoreError
 from agent.ingest import Ingest
 from agent.intake import Intake
+from agent.space import Refusals, Spare, loss_details, tally_loss
 from agent.stamp import Stamper
-from agent.store import Store, loss_details, tally_loss
+from agent.store import Store, spare_path
 from agent.timebase import rfc3339
+
+if TYPE_CHECKING:
+    from agent.uplink.base import Answer, Batch
 
 log = logging.getLogger("coldgate.writer")
 
@@ -58,6 +74,9 @@ STATE_EVERY_S = 10.0
 TICK_EVERY_S = 1.0
 PRUNE_EVERY_S = 60.0
 RETRY_BASE_S, RETRY_CAP_S = 0.5, 30.0
+#: The receiver's conflicts restart the stream at most this often (a hostile or broken
+#: server must not make the gateway start a stream with every batch).
+CONFLICT_RESTART_S = 600.0
 
 
 def spill_path(store_path: Path) -> Path:
@@ -112,6 +131,10 @@ class Writer:
         self.opened: Future[Store | None] = Future()
         #: makes a signed ``chain_checkpoint`` (the daemon sets it when the gateway has an identity)
         self.make_checkpoint: Callable[[str, int, str], Mapping[str, Any]] | None = None
+        #: the quota's refusal episode of a connection that failed, for the next one
+        self._refusals: Refusals | None = None
+        self._conflict_restart_at = -CONFLICT_RESTART_S
+        self.stream_restarts = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -358,6 +381,9 @@ class Writer:
     def _try_open(self) -> bool:
         try:
             self.store = self._open_store()
+            if self._refusals is not None:
+                self.store.adopt_refusals(self._refusals)
+                self._refusals = None
         except Exception as exc:  # noqa: BLE001 - retried; the records are held meanwhile
             self.store = None
             if self.store_error is None:
@@ -373,8 +399,10 @@ class Writer:
         """A connection that failed may stay failed (opened read-only): open it anew next time."""
         store, self.store = self.store, None
         if store is not None:
+            if store.refusals.active or store.refusals.unsaid:
+                self._refusals = store.refusals  # its count goes on in the next connection
             try:
-                store.close(sidecar=False)
+                store.close(sidecar=False, report=False)
             except Exception as exc:  # noqa: BLE001 - it is being replaced
                 log.debug("closing the failed store: %s", exc)
 
@@ -382,31 +410,101 @@ class Writer:
     def _close(self) -> None:
         if self.ingest.items or self._held or self._lost:
             self._commit()
-        if self._held or self._lost:
+        if self._refusals is not None and self.store is None and not self._held:
+            self._try_open()  # the new connection takes the count of the failed one
+        report = True
+        if self.store is not None:
+            try:
+                self.store.report_losses()
+            except Exception as exc:  # noqa: BLE001 - kept for the spill instead
+                log.error("the count of refused records could not be committed at exit: %s", exc)
+                self._refusals, report = self.store.refusals, False
+        if self._held or self._lost or (self._refusals is not None and self._refusals.unsaid):
             self._spill_held()
         if self.store is not None:
             try:
-                self.store.close()
+                self.store.close(report=report)
             except Exception as exc:  # noqa: BLE001 - closing at exit
                 log.error("closing the store failed: %s", exc)
             self.store = None
 
     def _spill_held(self) -> None:
-        """Keep what could not be committed in a file, for the next start."""
+        """Keep what could not be committed in a file, for the next start.
+
+        The spill beside the store first (a full disk gives up the store's spare for it),
+        then the runtime directory; if the records fit nowhere, the record of their loss
+        (a few hundred bytes) is kept instead."""
         items = self._held + ([self._loss_event()] if self._lost else [])
+        refusals = self._refusals
+        if refusals is not None and refusals.unsaid:  # what the failed connection refused
+            details = refusals.details(ended=True, quota=0, usage=None)
+            if details is not None:
+                details.pop("quota_bytes", None)
+                items.append(self.stamper.event("data_loss", details))
         errors = []
         for spill in self.spills:
-            try:
-                _append_lines(spill, items)
-            except (OSError, TypeError, ValueError) as exc:
-                errors.append(f"{spill}: {exc}")
-                continue
-            log.warning("%d record(s) held at exit kept in %s; the next start commits them", len(items), spill)
-            self._held, self._lost = [], {}
-            return
+            for attempt in (1, 2):
+                try:
+                    self._write_spill(spill, items)
+                except (OSError, TypeError, ValueError) as exc:
+                    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                    if attempt == 1 and full and Spare(self._spare, 0).release():
+                        continue
+                    errors.append(f"{spill}: {exc}")
+                    break
+                log.warning("%d record(s) held at exit kept in %s; the next start commits them", len(items), spill)
+                self._held, self._lost, self._refusals = [], {}, None
+                return
+        for spill in self.spills:
+            if self._spill_loss(spill, items, "; ".join(errors)):
+                return
         self.lost_at_exit = len(items)
         log.error("%d record(s) held at exit could not be committed nor kept (%s): they are lost",
                   len(items), "; ".join(errors))
+
+    @property
+    def _spare(self) -> Path:
+        return spare_path(self.spill.with_name(self.spill.name.removesuffix(".held")))
+
+    def _write_spill(self, spill: Path, items: list[dict[str, Any]]) -> None:
+        tmp = spill.with_name(spill.name + ".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                if spill.exists():
+                    f.write(spill.read_text(encoding="utf-8"))
+                for item in items:
+                    f.write(json.dumps(item) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, spill)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _spill_loss(self, spill: Path, items: list[dict[str, Any]], why: str) -> bool:
+        """The records did not fit in the spill: keep the record of their loss instead."""
+        readings = [i for i in items if i.get("type") == "reading"]
+        lost: dict[str, Any] = {}
+        tally_loss(lost, readings)
+        details: dict[str, Any] = {"reason": "store_unwritable", "what": "records", "count": len(items),
+                                   "readings": len(readings), "error": f"{self.store_error or ''}; spill: {why}"}
+        if readings:
+            details.update({k: v for k, v in loss_details(lost).items() if k not in ("what", "count")})
+        others = [i for i in items if i.get("type") != "reading"]
+        details["alarms"] = sum(1 for i in others if i.get("type") == "alarm")
+        details["events"] = {}
+        for i in others:
+            if i.get("type") == "event":
+                details["events"][str(i.get("event"))] = details["events"].get(str(i.get("event")), 0) + 1
+        try:
+            self._write_spill(spill, [self.stamper.event("data_loss", details)])
+        except (OSError, TypeError, ValueError):
+            return False
+        log.error("%d record(s) held at exit could not be kept (%s): their loss is kept in %s instead, "
+                  "for the next start to commit", len(items), why, spill)
+        self._held, self._lost, self._refusals = [], {}, None
+        self.lost_at_exit = len(items)
+        return True
 
     def _replay_spill(self) -> None:
         """Records a previous run held at exit: committed before anything of this run."""
@@ -471,6 +569,41 @@ class Writer:
         }))
         self._urgent = True
 
+    def conflict_reporter(self) -> Callable[[Batch, Answer], None]:
+        """The ``on_conflict`` of :class:`agent.seqguard.ConflictWatch`: posts to this thread."""
+        def report(batch: Batch, answer: Answer) -> None:
+            self.intake.call(lambda: self.seqs_conflict(batch.stream, batch.first, batch.last, answer.conflicts))
+
+        return report
+
+    def seqs_conflict(self, stream: str, first: int, last: int, conflicts: int) -> None:
+        """The receiver holds ``conflicts`` records of batch ``first``-``last`` of ``stream``
+        with other content: this store went back in time and reuses seqs. Start a new stream
+        that says so, carrying the batch and everything after it (on the writer's thread)."""
+        store = self.store
+        if store is None or store.stream_id != stream:
+            log.info("conflicts for stream %s, which this store no longer writes", stream)
+            return
+        now = time.monotonic()
+        if now - self._conflict_restart_at < CONFLICT_RESTART_S:
+            log.error("the receiver reports %d conflict(s) in %s again; the stream was restarted %.0f s ago, "
+                      "not again before %.0f s", conflicts, stream, now - self._conflict_restart_at,
+                      CONFLICT_RESTART_S)
+            return
+        self._commit()
+        if self.store is not store:
+            return
+        try:
+            store.restart_stream({"detected_by": "receiver_conflicts", "conflicts": conflicts,
+                                  "conflicting_batch": [first, last]}, carry_from=first)
+        except Exception as exc:  # noqa: BLE001 - the records stay; the conflicts will be reported again
+            log.error("could not start a new stream after the receiver's conflicts: %s", exc)
+            return
+        self._conflict_restart_at = now
+        self.stream_restarts += 1
+        self._corrected_upto = 0
+        self.on_commit(store.head()[0])
+
     def flush(self) -> None:
         """Commit now what is pending (call on the writer's thread, e.g. through ``intake.call``)."""
         self._process(self.intake.take(10**9, 0.0, wake_on_any=True))
@@ -512,19 +645,6 @@ class Writer:
             "last_commit_age_s": None if self.last_commit_at is None else round(now - self.last_commit_at, 3),
             "spill": next((str(p) for p in self.spills if p.exists()), None),
         }
-
-
-def _append_lines(path: Path, items: list[dict[str, Any]]) -> None:
-    """Add ``items`` as JSON lines to ``path``, durably, through a temporary file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        if path.exists():
-            f.write(path.read_text(encoding="utf-8"))
-        for item in items:
-            f.write(json.dumps(item) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 __all__ = ["MAX_HELD", "STATE_EVERY_S", "TX_MAX", "Writer", "spill_path"]

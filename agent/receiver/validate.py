@@ -222,8 +222,9 @@ def _check_config(cfg: Any, problems: list[str]) -> dict[str, Any] | None:
     version = cfg.get("version")
     if not (type(version) is int or _nonempty_str(version)):
         problems.append(f"config.version: must be an integer or a non-empty printable string, not {version!r}"[:200])
-    if not (isinstance(cfg.get("sha256"), str) and HEX64.match(cfg["sha256"])):
-        problems.append("config.sha256: must be 64 lowercase hex digits")
+    sha = cfg.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and HEX64.match(sha)):
+        problems.append("config.sha256: must be 64 lowercase hex digits or null")
     signer = cfg.get("signer")
     if signer is not None and not _nonempty_str(signer):
         problems.append(f"config.signer: must be a key id or null, not {signer!r}"[:200])

@@ -114,7 +114,7 @@ def test_a_malformed_config_member_is_a_422_problem() -> None:
         validate_batch(body_of(recs, config={"version": True, "sha256": "x", "signer": 5}), key_of(recs))
     assert err.value.problems == [
         "config.version: must be an integer or a non-empty printable string, not True",
-        "config.sha256: must be 64 lowercase hex digits",
+        "config.sha256: must be 64 lowercase hex digits or null",
         "config.signer: must be a key id or null, not 5",
     ]
 
