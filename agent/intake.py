@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -59,6 +60,10 @@ class Intake:
         self._room_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         #: how often a driver had to wait for room (status, metrics)
         self.waits = 0
+        #: when (monotonic) the oldest entry now waiting was put; and, after a take, when
+        #: the oldest entry it returned was (the writer times its commit from that)
+        self._since: float | None = None
+        self.taken_since: float | None = None
 
     def sink(self, driver: str) -> DriverSink:
         return DriverSink(self, driver)
@@ -74,6 +79,8 @@ class Intake:
                 self.waits += 1
                 while self._readings >= self.capacity and not self._closed:
                     self._cond.wait(0.5)
+            if not self._entries:
+                self._since = time.monotonic()
             self._entries.append(entry)
             self._readings += n
             if self._wake_on_any or self._readings >= self.capacity:
@@ -82,6 +89,8 @@ class Intake:
     def put(self, entry: Entry) -> None:
         """An event, state or call entry: never waits, always wakes the writer."""
         with self._cond:
+            if not self._entries:
+                self._since = time.monotonic()
             self._entries.append(entry)
             self._cond.notify_all()
 
@@ -134,6 +143,9 @@ class Intake:
                         break
                     n += k
                 out.append(entries.popleft())
+            self.taken_since = self._since if out else None
+            if out:
+                self._since = time.monotonic() if entries else None
             if n:
                 self._readings -= n
                 if self._readings < self.capacity:

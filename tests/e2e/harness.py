@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -246,3 +247,51 @@ def assert_receiver_holds_everything(agent: AgentProcess, receiver: ReceiverProc
     if not set_aside_ok:
         assert mine["gaps"] == [] and mine["verdict"] == "complete-and-verified"
     return remote
+
+
+class Logger:
+    """An ASCII logger on a pty: ``write_lines(a, b)`` sends ``SEQ,<n>`` for n in [a, b)."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        self.path = os.ttyname(slave)
+        os.close(slave)
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def write_lines(self, a: int, b: int) -> None:
+        data = memoryview("".join(f"SEQ,{i}\r\n" for i in range(a, b)).encode())
+        while data:
+            n = os.write(self.master, data)
+            data = data[n:]
+        self.sent = max(self.sent, b)
+
+    def paced(self, rate: float, total: int) -> None:
+        """Send ``total`` lines at ``rate`` lines/s on a thread (a logger with flow control:
+        while nobody reads, the tty's buffer fills and the logger waits)."""
+
+        def run() -> None:
+            start = time.monotonic()
+            for i in range(total):
+                if self._stop.is_set():
+                    return
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # the logger's own pace
+                self.write_lines(i, i + 1)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def flood(self, total: int) -> None:
+        self._thread = threading.Thread(target=self.write_lines, args=(0, total), daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        os.close(self.master)
