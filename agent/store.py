@@ -62,9 +62,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from agent.canonical import ZERO_HASH, NeedsLibrary, canonical_with, record_hash, scalar, template
 from agent.exc import StoreError, StoreFull
@@ -72,6 +70,9 @@ from agent.seqguard import MARK_EVERY_S, HighWater, Mark, read_mark
 from agent.space import EST_OTHER, EST_READING, Budget, Refusals, Spare, Usage, fs_free, loss_details, tally_loss
 from agent.stamp import Stamper
 from agent.timebase import Clock, rfc3339
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger(__name__)
 
@@ -1213,7 +1214,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     The version is read again under the write lock, so two processes opening a new
     store at once (the daemon creating it, the CLI reading it) never run one twice.
     """
-    db = _db(conn)
+    db: sqlite_utils.Database | None = None
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -1224,6 +1225,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute("COMMIT")
                 return
             name, step = MIGRATIONS[version]
+            db = db or _db(conn)  # sqlite-utils only when there is a migration to run
             step(db)
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
@@ -1234,7 +1236,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def _db(conn: sqlite3.Connection) -> sqlite_utils.Database:
-    """``conn`` through sqlite-utils, leaving the connection as it is (no pragma, no plugin)."""
+    """``conn`` through sqlite-utils, leaving the connection as it is (no pragma, no plugin).
+
+    Imported here, not with the module: the daemon's hot path stays on the raw
+    connection, and sqlite-utils (with click, dateutil…) costs a Pi a few MiB it need not
+    hold once the schema is current."""
+    import sqlite_utils
+
     return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
 
 
