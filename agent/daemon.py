@@ -149,8 +149,7 @@ class Agent:
 
     async def _driver_state(self, name: str) -> Mapping[str, Any] | None:
         def load() -> Any:
-            store = self.writer.store
-            return store.load_state(f"driver:{name}") if store is not None else None
+            return self.writer.driver_state(name)
 
         try:
             return await self._writer_call(load, timeout=30.0)

@@ -10,9 +10,11 @@ rule refuses: :mod:`drivers.ble.replay`), and puts the readings on a queue that
 :meth:`_aread` drains for the base class's read loop. Nothing an advertisement holds can
 raise out of the callback.
 
-Replay memory outlives restarts: after each read the driver gives the agent its state
-(``sink.driver_state``, committed with the readings delivered before it) and takes it
-back in :meth:`load_state` before :meth:`run`.
+Replay memory outlives restarts: each read's state goes to the agent with the readings
+it admitted (:meth:`batch_state`: one transaction, so a stored counter is never behind a
+stored reading however the agent dies); a change without readings (an address, a model)
+goes by ``sink.driver_state`` after them. The agent hands the last committed state back
+to :meth:`load_state` before :meth:`run`.
 
 Adapters (:mod:`drivers.ble.radios`): each configured adapter runs its own scanner, is
 watched (silence for ``silence_timeout_s``; BlueZ asked every ``adapter_check_s`` whether
@@ -142,6 +144,11 @@ class BleDriver(Driver):
 
     def _changed(self) -> None:
         self._state_version += 1
+
+    def batch_state(self) -> dict[str, Any] | None:
+        """The state as of the batch just read, to go with it (asked by the base read loop)."""
+        pending, self._pending_state = self._pending_state, None
+        return pending
 
     def _flush_state(self) -> None:
         """Give the agent the state of what it has been delivered (see _aread)."""
