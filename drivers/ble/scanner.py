@@ -49,7 +49,7 @@ from drivers.ble.formats import decode_advertisement
 from drivers.ble.identity import Matcher, signature
 from drivers.ble.options import BleOptions, BleSensor
 from drivers.ble.radios import Radios
-from drivers.exc import DecodeError, DriverIOError
+from drivers.exc import DecodeError, DriverIOError, DriverUnavailable
 
 __all__ = ["BleDriver", "BleOptions", "BleSensor"]
 
@@ -103,6 +103,7 @@ class BleDriver(Driver):
         self._state_version = 0
         self._state_sent = 0
         self._pending_state: dict[str, Any] | None = None
+        self._feed: Any = None  # the fake radio's feed socket (fake_feed), while running
         self._dropped: dict[str, int] = {}
         self._dropped_reported_mono = -_LOSS_REPORT_S
         self._sensor_details: dict[str, dict[str, Any]] = {
@@ -168,6 +169,9 @@ class BleDriver(Driver):
             self._flush_state()  # the last batch was delivered before run() returned
             self._report_dropped(force=True)
             await self.radios.stop()
+            if self._feed is not None:
+                self._feed.close()
+                self._feed = None
 
     def _resolve_backend(self) -> Any:
         if self._backend is not None:
@@ -185,6 +189,14 @@ class BleDriver(Driver):
     async def _aopen(self) -> None:
         if self._queue is None:
             self._queue = asyncio.Queue(maxsize=self.options.queue_size)
+        if self.options.fake_feed is not None and self._feed is None:
+            from drivers.ble.fake import air
+
+            try:
+                self._feed = await air(self.options.fake_air).listen(self.options.fake_feed)
+            except OSError as exc:
+                raise DriverUnavailable(f"fake radio feed {self.options.fake_feed}: {exc}",
+                                        driver=self.name) from exc
         await self.radios.open()
         self.log.info("%s scanning (%s) for %d BLE sensors", self.name, self.status.details["scanning_mode"],
                       len(self._sensors))
