@@ -116,8 +116,8 @@ class DriverSet:
                 out[name] = {"type": d.type_name, **st}
             elif name in self.errors:
                 out[name] = {"type": dc.type, "state": "unavailable", "last_error": self.errors[name]}
-            else:
-                out[name] = {"type": dc.type, "state": "disabled"}
+            else:  # enabled but not built yet: its saved state is being loaded
+                out[name] = {"type": dc.type, "state": "starting" if dc.enabled else "disabled"}
         return out
 
     def all_running(self) -> bool:
