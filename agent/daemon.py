@@ -185,8 +185,7 @@ class Agent:
 
     async def _driver_state(self, name: str) -> Mapping[str, Any] | None:
         def load() -> Any:
-            store = self.writer.store
-            return store.load_state(f"driver:{name}") if store is not None else None
+            return self.writer.driver_state(name)
 
         try:
             return await self._writer_call(load, timeout=30.0)
@@ -204,6 +203,7 @@ class Agent:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
         self._take_lock(cfg.store.path)
+        self.drivers.declare(cfg.drivers)  # status shows them "starting" until they run
         try:
             await self.control.start()
         except BaseException:

@@ -43,7 +43,12 @@ class DriverSet:
         self._configs: dict[str, DriverConfig] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
+    def declare(self, configs: Sequence[DriverConfig]) -> None:
+        """Name the drivers about to start: a status asked meanwhile lists them as starting."""
+        self._configs.update((dc.name, dc) for dc in configs)
+
     async def start(self, configs: Sequence[DriverConfig]) -> None:
+        self.declare(configs)
         for dc in configs:
             await self._start_one(dc)
 
@@ -116,8 +121,8 @@ class DriverSet:
                 out[name] = {"type": d.type_name, **st}
             elif name in self.errors:
                 out[name] = {"type": dc.type, "state": "unavailable", "last_error": self.errors[name]}
-            else:
-                out[name] = {"type": dc.type, "state": "disabled"}
+            else:  # enabled but not built yet: its saved state is being loaded
+                out[name] = {"type": dc.type, "state": "starting" if dc.enabled else "disabled"}
         return out
 
     def all_running(self) -> bool:

@@ -12,8 +12,10 @@ Readings are stamped on arrival (:class:`agent.stamp.Stamper`), before they wait
 
 Entries, in arrival order (one tuple each, tagged by their first element):
 
-``("r", driver, readings, ts, mono_ns, time_quality)``
-    what one driver read delivered; counts ``len(readings)`` against the bound
+``("r", driver, readings, ts, mono_ns, time_quality, state)``
+    what one driver read delivered; counts ``len(readings)`` against the bound. ``state``
+    (or None) is the driver's persisted state as of these readings: one entry, so the
+    writer commits both in one transaction (:meth:`drivers.base.Driver.batch_state`)
 ``("i", item)``
     a stamped record (event or alarm) to append as it is; never waits
 ``("s", driver, state)``
@@ -69,10 +71,12 @@ class Intake:
         return DriverSink(self, driver)
 
     # -- producers ---------------------------------------------------------------------
-    def put_readings(self, driver: str | None, readings: Sequence[Reading], *, block: bool = True) -> None:
-        """Readings of one read, stamped now; waits while the intake is full (``block``)."""
+    def put_readings(self, driver: str | None, readings: Sequence[Reading], *, block: bool = True,
+                     state: Mapping[str, Any] | None = None) -> None:
+        """Readings of one read, stamped now; waits while the intake is full (``block``).
+        ``state``: the driver's state as of these readings, committed with them."""
         s = self.stamper
-        entry = ("r", driver, readings, s.clock.now(), s.clock.mono_ns(), s.quality)
+        entry = ("r", driver, readings, s.clock.now(), s.clock.mono_ns(), s.quality, state)
         n = len(readings)
         with self._cond:
             if block and self._readings >= self.capacity and not self._closed:
@@ -207,8 +211,10 @@ class DriverSink:
     def reading(self, reading: Reading) -> None:
         self.reading_batch([reading])
 
-    def reading_batch(self, batch: Sequence[Reading]) -> None:
-        self.intake.put_readings(self.driver, batch, block=threading.get_ident() != self._loop_thread)
+    def reading_batch(self, batch: Sequence[Reading], state: Mapping[str, Any] | None = None) -> None:
+        """One read's readings, and the driver's state as of them (one transaction)."""
+        self.intake.put_readings(self.driver, batch, block=threading.get_ident() != self._loop_thread,
+                                 state=None if state is None else dict(state))
 
     async def wait_room(self) -> None:
         await self.intake.wait_room()

@@ -163,6 +163,7 @@ def render(data: dict[str, Any]) -> str:
     lines += _uplink_lines(data)
     for name, d in sorted(data.get("drivers", {}).items()):
         lines.append(_driver_line(name, d))
+        lines += _adapter_lines(d)
     for sid, s in sorted(data.get("sensors", {}).items()):
         vals = ", ".join(f"{q} {value_text(q, r.get('value'), r.get('unit'))}"
                          + (f" (rssi {r['rssi']} dBm)" if r.get("rssi") is not None else "")
@@ -261,6 +262,30 @@ def _driver_line(name: str, d: dict[str, Any]) -> str:
         resolved = f", resolved {when(d['recovered_at'])}" if d.get("recovered_at") else ""
         line += f" — last error{at}{resolved}: {d['last_error']}"
     return line
+
+
+def _adapter_lines(d: dict[str, Any]) -> list[str]:
+    """A BLE driver's adapters: scanning or not, and how often they had to be reset."""
+    adapters = (d.get("details") or {}).get("adapters")
+    if not isinstance(adapters, dict):
+        return []
+    lines = []
+    for name, a in sorted(adapters.items()):
+        if not isinstance(a, dict):
+            continue
+        state = a.get("state")
+        line = f"  adapter {name}: {state}" + (f" ({a['scanning_mode']})" if state == "scanning" and a.get(
+            "scanning_mode") else "")
+        resets = a.get("resets") or 0
+        line += f", {resets} reset{'' if resets == 1 else 's'}"
+        last = a.get("last_reset")
+        if isinstance(last, dict):
+            outcome = "ok" if last.get("ok") else f"FAILED: {last.get('error')}"
+            line += f" (last {last.get('step')} at {when(last.get('at'))}, {outcome})"
+        if a.get("last_error") and a.get("state") != "scanning":
+            line += f" — {a['last_error']}"
+        lines.append(line)
+    return lines
 
 
 __all__ = ["collect", "offline", "render", "value_text", "when"]

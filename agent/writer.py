@@ -223,6 +223,8 @@ class Writer:
                     items.append(self.stamper.event("data_loss", {
                         "reason": "ingest_error", "what": "readings", "driver": e[1], "count": len(e[2])}))
                     self._urgent = True
+                if e[6] is not None:  # the driver's state as of these readings: the same commit
+                    self._driver_states[e[1]] = e[6]
             elif tag == "i":
                 items.append(e[1])
                 self._urgent = True  # events and alarms go now
@@ -290,7 +292,10 @@ class Writer:
             while True:
                 chunk = todo[done:done + TX_MAX]
                 last = done + len(chunk) >= len(todo)
-                state = {**states, **rules_state} if last else None
+                # drivers' states with the first piece: never behind a reading they admitted (a
+                # replay counter behind a stored reading would let that frame in again after a
+                # kill); the rules' state with the last, which holds the records it judged
+                state = {**(states if done == 0 else {}), **(rules_state if last else {})}
                 store.append(chunk, state=state or None)
                 done += len(chunk)
                 if last:
@@ -616,6 +621,14 @@ class Writer:
         self.stream_restarts += 1
         self._corrected_upto = 0
         self.on_commit(store.head()[0])
+    def driver_state(self, name: str) -> Mapping[str, Any] | None:
+        """Driver ``name``'s latest state: taken but not yet committed, else the store's
+        (call on the writer's thread). A driver restarted by a reload must not start from
+        an older state than the one its previous run gave last."""
+        pending = self._driver_states.get(name)
+        if pending is not None:
+            return dict(pending)
+        return self.store.load_state(f"driver:{name}") if self.store is not None else None
 
     def flush(self) -> None:
         """Commit now what is pending (call on the writer's thread, e.g. through ``intake.call``)."""

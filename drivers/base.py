@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import threading
@@ -85,17 +86,22 @@ class Sink(Protocol):
         """Take one reading (called on the event loop).
 
         A sink may also offer ``reading_batch(batch)``; the read loop then hands it each
-        read's readings at once.
+        read's readings at once. One that takes ``reading_batch(batch, state=…)`` also
+        gets the driver's :meth:`Driver.batch_state` with the batch it belongs to, and
+        commits both in one transaction.
         """
 
     def driver_event(self, driver: str, event: str, details: Mapping[str, Any]) -> None:
         """Record a driver lifecycle event: ``driver_error``, ``driver_recovered``."""
 
     # A sink may also offer ``driver_state(driver, state)``: the driver's own state (a
-    # JSON-able mapping, e.g. BLE replay counters per device), committed to the store in
-    # the same transaction as the readings delivered before the call, and handed back to
+    # JSON-able mapping, e.g. BLE replay counters per device), committed to the store
+    # with (or after) the readings delivered before the call, and handed back to
     # :meth:`Driver.load_state` when the agent starts the driver again (even after a
-    # SIGKILL). Call it after delivering the readings the state admitted.
+    # SIGKILL). Call it after delivering the readings the state admitted. A state that
+    # belongs to a batch goes with the batch (:meth:`Driver.batch_state`): only then is
+    # it committed in the *same* transaction, which replay protection needs (a stored
+    # counter never behind a stored reading, whenever the agent is killed).
 
 
 class Options(StrictModel):
@@ -206,7 +212,16 @@ class Driver(abc.ABC):
 
     # -- what a driver writes -------------------------------------------------------
     def load_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
-        """Take the state this driver last gave ``sink.driver_state`` (called before :meth:`run`)."""
+        """Take the state this driver last gave the agent (called before :meth:`run`)."""
+
+    def batch_state(self) -> Mapping[str, Any] | None:
+        """The driver's persisted state as of the batch its last read returned, if it changed.
+
+        Asked by the read loop right after each read that returned readings; handed to the
+        sink with that batch (``reading_batch(batch, state=…)``), so the agent commits the
+        readings and the state that admitted them in one transaction. None: no change.
+        """
+        return None
 
     def _open(self) -> None:  # noqa: B027 - optional hook
         """Open the device (blocking). Raise DriverUnavailable when it cannot be had."""
@@ -336,6 +351,7 @@ class _Lifecycle:
         self.opened_at = 0.0
         deliver_many = getattr(sink, "reading_batch", None)
         self.deliver_many = deliver_many if callable(deliver_many) else None
+        self.batch_takes_state = self.deliver_many is not None and _takes_state(self.deliver_many)
 
     def opened(self) -> None:
         d = self.driver
@@ -350,14 +366,23 @@ class _Lifecycle:
 
     def deliver(self, batch: Iterable[Reading]) -> None:
         d = self.driver
+        state = d.batch_state()
         if self.deliver_many is not None:
             batch = list(batch)
             d.status.counters["readings"] += len(batch)
-            self.deliver_many(batch)
+            if state is not None and self.batch_takes_state:
+                self.deliver_many(batch, state=state)
+                state = None
+            else:
+                self.deliver_many(batch)
         else:
             for reading in batch:
                 d.status.counters["readings"] += 1
                 self.sink.reading(reading)
+        if state is not None:  # a sink without batches: the state right after its readings
+            give = getattr(self.sink, "driver_state", None)
+            if callable(give):
+                give(d.name, state)
         self.attempt = 0
 
     def recovered(self, episode: _Episode) -> None:
@@ -407,6 +432,14 @@ class _Lifecycle:
         d.status.state = "backoff"
         d.status.next_retry_at = time.time() + delay
         return delay
+
+
+def _takes_state(fn: Callable[..., Any]) -> bool:
+    """Whether a sink's ``reading_batch`` takes the batch's driver state (``state=``)."""
+    try:
+        return "state" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass

@@ -19,11 +19,22 @@ recovery on this radio, as :class:`drivers.ble.adapter.BluezAdapterControl` is o
     air = fake.air("bench")
     driver = BleDriver("ble", opts, scanner_backend=air.backend)
     air.advertise("A4:C1:38:8D:18:B2", service_data={0xFCD2: bytes.fromhex("4002c40903bf13")})
+
+A radio in another process (a ``coldgate run`` under test or on a bench, a process a
+test SIGKILLs) is fed through a Unix datagram socket: the driver option ``fake_feed``
+makes the radio listen there (:meth:`FakeAir.listen`), and :func:`feed` /
+:func:`feed_fault` send it one advertisement or one fault per datagram, from anywhere::
+
+    fake.feed("/run/coldgate/air.sock", "A4:C1:38:8D:18:B2", service_data={0xFCD2: frame})
+    fake.feed_fault("/run/coldgate/air.sock", "stall_adapter", adapter="hci0")
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import socket
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +46,11 @@ from bleak.exc import BleakError
 from drivers.ble.adapter import AdapterState
 from drivers.exc import DriverUnavailable
 
+log = logging.getLogger(__name__)
+
 _AIRS: dict[str, FakeAir] = {}
+#: The faults a feed may inject (FakeAir methods taking ``name`` and keywords).
+FEED_FAULTS = ("reset_adapter", "stall_adapter", "remove_adapter")
 
 
 def air(name: str = "default") -> FakeAir:
@@ -91,6 +106,8 @@ class FakeAir:
         self._start_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._beacon_task: asyncio.Task[None] | None = None
         self.adapters: dict[str, FakeAdapter] = {}
+        #: feed messages refused as malformed (:meth:`listen`)
+        self.feed_errors = 0
         #: The BlueZ boundary of adapter recovery for this radio.
         self.control = FakeAdapterControl(self)
         owner = self
@@ -185,6 +202,41 @@ class FakeAir:
         """A device that keeps advertising while any scanner runs (for discovery demos)."""
         self.beacons.append(
             Beacon(address, dict(service_data or {}), dict(manufacturer_data or {}), rssi, local_name, interval_s)
+        )
+
+    # -- fed from another process ------------------------------------------------------
+    async def listen(self, path: str) -> asyncio.DatagramTransport:
+        """Take advertisements and faults from the Unix datagram socket ``path`` (see
+        :func:`feed`) on the running loop, until the returned transport is closed. A
+        socket file left by a killed process is replaced."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Feed(self), local_addr=path,
+                                                           family=socket.AF_UNIX)
+        return transport
+
+    def take(self, message: Mapping[str, Any]) -> None:
+        """One message of a feed: an advertisement, or ``{"fault": …}``; ValueError if malformed."""
+        fault = message.get("fault")
+        if fault is not None:
+            if fault not in FEED_FAULTS:
+                raise ValueError(f"unknown fault {fault!r} (known: {', '.join(FEED_FAULTS)})")
+            if fault == "reset_adapter":
+                self.reset_adapter()
+                return
+            kw = {"hard": bool(message.get("hard"))} if fault == "stall_adapter" else {
+                "back_after_reset": bool(message.get("back_after_reset", True))}
+            getattr(self, fault)(message.get("adapter"), **kw)
+            return
+        address = message.get("address")
+        if not isinstance(address, str):
+            raise ValueError("an advertisement needs an 'address'")
+        self.advertise(
+            address,
+            service_data={(int(k, 16) if len(k) == 4 else k): bytes.fromhex(v)
+                          for k, v in (message.get("service_data") or {}).items()},
+            manufacturer_data={int(k): bytes.fromhex(v) for k, v in (message.get("manufacturer_data") or {}).items()},
+            rssi=int(message.get("rssi", -60)),
+            local_name=message.get("local_name"),
         )
 
     async def wait_started(self, n: int = 1, timeout: float = 5.0) -> None:
@@ -328,6 +380,48 @@ class FakeAdapterControl:
             raise DriverUnavailable(f"{adapter} did not come back after a controller reset")
         a.present, a.powered, a.stall = True, True, None
         self.air.scanners = {s for s in self.air.scanners if s.adapter != a.name}
+
+
+class _Feed(asyncio.DatagramProtocol):
+    """One JSON message a datagram, into a :class:`FakeAir`; a bad one is logged and skipped."""
+
+    def __init__(self, air: FakeAir) -> None:
+        self.air = air
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            message = json.loads(data)
+            if not isinstance(message, dict):
+                raise ValueError("not a JSON object")
+            self.air.take(message)
+        except (ValueError, TypeError, AttributeError) as exc:
+            self.air.feed_errors += 1
+            log.warning("fake radio %s: feed message refused (%s): %.200r", self.air.name, exc, data)
+
+
+def feed(path: str, address: str, *, service_data: Mapping[Any, bytes] | None = None,
+         manufacturer_data: Mapping[int, bytes] | None = None, rssi: int = -60,
+         local_name: str | None = None) -> None:
+    """Send one advertisement to the fake radio listening on ``path`` (any process).
+
+    ``service_data`` keys as for :meth:`FakeAir.advertise` (16-bit ints or 128-bit strings).
+    """
+    _send(path, {
+        "address": address, "rssi": rssi, "local_name": local_name,
+        "service_data": {(f"{k:04x}" if isinstance(k, int) else k): bytes(v).hex()
+                         for k, v in (service_data or {}).items()},
+        "manufacturer_data": {str(int(k)): bytes(v).hex() for k, v in (manufacturer_data or {}).items()},
+    })
+
+
+def feed_fault(path: str, fault: str, *, adapter: str | None = None, **kw: Any) -> None:
+    """Inject one of :data:`FEED_FAULTS` into the fake radio listening on ``path``."""
+    _send(path, {"fault": fault, "adapter": adapter, **kw})
+
+
+def _send(path: str, message: Mapping[str, Any]) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(json.dumps(message).encode(), path)
 
 
 def _matches(pattern: Any, adv: AdvertisementData) -> bool:

@@ -110,6 +110,11 @@ class BleOptions(Options):
         default="bleak", description="bleak = the system radio; fake = the in-process fake radio (benches, tests)"
     )
     fake_air: str = Field(default="default", description="backend = fake: the name of the fake radio to listen on")
+    fake_feed: str | None = Field(
+        default=None, min_length=1, max_length=107,
+        description="backend = fake: a Unix datagram socket the fake radio also takes advertisements and faults "
+        "from, sent by another process (drivers.ble.fake.feed); for benches and process tests",
+    )
 
     @field_validator("adapter")
     @classmethod
@@ -132,6 +137,8 @@ class BleOptions(Options):
     def _consistent(self) -> BleOptions:
         if self.adapter and self.adapters:
             raise ValueError("give adapter or adapters, not both")
+        if self.fake_feed is not None and self.backend != "fake":
+            raise ValueError("fake_feed feeds the fake radio: it needs backend = 'fake'")
         for attr in ("mac", "name", "sensor_id"):
             seen: set[str] = set()
             for s in self.sensors:

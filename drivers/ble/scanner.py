@@ -10,9 +10,11 @@ rule refuses: :mod:`drivers.ble.replay`), and puts the readings on a queue that
 :meth:`_aread` drains for the base class's read loop. Nothing an advertisement holds can
 raise out of the callback.
 
-Replay memory outlives restarts: after each read the driver gives the agent its state
-(``sink.driver_state``, committed with the readings delivered before it) and takes it
-back in :meth:`load_state` before :meth:`run`.
+Replay memory outlives restarts: each read's state goes to the agent with the readings
+it admitted (:meth:`batch_state`: one transaction, so a stored counter is never behind a
+stored reading however the agent dies); a change without readings (an address, a model)
+goes by ``sink.driver_state`` after them. The agent hands the last committed state back
+to :meth:`load_state` before :meth:`run`.
 
 Adapters (:mod:`drivers.ble.radios`): each configured adapter runs its own scanner, is
 watched (silence for ``silence_timeout_s``; BlueZ asked every ``adapter_check_s`` whether
@@ -47,7 +49,7 @@ from drivers.ble.formats import decode_advertisement
 from drivers.ble.identity import Matcher, signature
 from drivers.ble.options import BleOptions, BleSensor
 from drivers.ble.radios import Radios
-from drivers.exc import DecodeError, DriverIOError
+from drivers.exc import DecodeError, DriverIOError, DriverUnavailable
 
 __all__ = ["BleDriver", "BleOptions", "BleSensor"]
 
@@ -101,6 +103,7 @@ class BleDriver(Driver):
         self._state_version = 0
         self._state_sent = 0
         self._pending_state: dict[str, Any] | None = None
+        self._feed: Any = None  # the fake radio's feed socket (fake_feed), while running
         self._dropped: dict[str, int] = {}
         self._dropped_reported_mono = -_LOSS_REPORT_S
         self._sensor_details: dict[str, dict[str, Any]] = {
@@ -143,6 +146,11 @@ class BleDriver(Driver):
     def _changed(self) -> None:
         self._state_version += 1
 
+    def batch_state(self) -> dict[str, Any] | None:
+        """The state as of the batch just read, to go with it (asked by the base read loop)."""
+        pending, self._pending_state = self._pending_state, None
+        return pending
+
     def _flush_state(self) -> None:
         """Give the agent the state of what it has been delivered (see _aread)."""
         pending, self._pending_state = self._pending_state, None
@@ -161,6 +169,9 @@ class BleDriver(Driver):
             self._flush_state()  # the last batch was delivered before run() returned
             self._report_dropped(force=True)
             await self.radios.stop()
+            if self._feed is not None:
+                self._feed.close()
+                self._feed = None
 
     def _resolve_backend(self) -> Any:
         if self._backend is not None:
@@ -178,6 +189,14 @@ class BleDriver(Driver):
     async def _aopen(self) -> None:
         if self._queue is None:
             self._queue = asyncio.Queue(maxsize=self.options.queue_size)
+        if self.options.fake_feed is not None and self._feed is None:
+            from drivers.ble.fake import air
+
+            try:
+                self._feed = await air(self.options.fake_air).listen(self.options.fake_feed)
+            except OSError as exc:
+                raise DriverUnavailable(f"fake radio feed {self.options.fake_feed}: {exc}",
+                                        driver=self.name) from exc
         await self.radios.open()
         self.log.info("%s scanning (%s) for %d BLE sensors", self.name, self.status.details["scanning_mode"],
                       len(self._sensors))

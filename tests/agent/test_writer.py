@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,38 @@ def test_driver_state_is_committed_with_the_readings_delivered_before_it(tmp_pat
     with Store.open(disk.path, gateway_id="gw", create=False, check=False) as s:
         assert s.load_state("driver:ble") == {"counters": {"A4:C1": 7}}
         assert len(s.records(type="reading")) == 3
+
+
+def test_driver_state_given_with_its_readings_is_never_committed_behind_them(tmp_path: Path) -> None:
+    """At every commit, however an event cuts the stream, the state covers every stored reading."""
+    seen: list[tuple[int, int]] = []  # (newest stored reading, the stored state's counter)
+
+    def check(head: int) -> None:
+        with Store.open(disk.path, gateway_id="gw", create=False, check=False) as s:
+            newest = max((round(datetime.fromisoformat(r["ts"]).timestamp() - T0) for r in s.records(type="reading")),
+                         default=-1)
+            seen.append((newest, (s.load_state("driver:ble") or {}).get("c", -1)))
+
+    writer, intake, disk = make(tmp_path, interval=1.0, on_commit=check)
+    writer.start()
+    for batch in range(40):
+        intake.put_readings("ble", readings(5, batch * 5), state={"c": batch * 5 + 4})
+        if batch % 3 == 0:  # an event commits at once, whatever is waiting behind it
+            intake.put_item(writer.stamper.event("ble_counter_reset", {"batch": batch}))
+    wait_for(lambda: writer.committed >= 200 + 14)
+    writer.stop()
+    assert seen and all(newest <= counter for newest, counter in seen), seen
+    with Store.open(disk.path, gateway_id="gw", create=False, check=False) as s:
+        assert s.load_state("driver:ble") == {"c": 199}
+
+
+def test_latest_driver_state_is_the_one_taken_even_before_it_is_committed(tmp_path: Path) -> None:
+    writer, intake, disk = make(tmp_path, interval=1.0)
+    writer.start()
+    intake.put_readings("ble", readings(2), state={"c": 1})
+    # asked through the intake, behind the readings: the writer has taken them, committed or not
+    assert intake.call(lambda: writer.driver_state("ble")).result(timeout=10) == {"c": 1}
+    assert intake.call(lambda: writer.driver_state("other")).result(timeout=10) is None
+    writer.stop()
+    with Store.open(disk.path, gateway_id="gw", create=False, check=False) as s:
+        assert s.load_state("driver:ble") == {"c": 1}
