@@ -802,7 +802,8 @@ class Agent:
         answer is said so (``stale``) rather than hiding behind old figures."""
         cfg = self.config
         out: dict[str, Any] = {
-            "running": True, "answering": True, "pid": os.getpid(), "version": __version__,
+            "running": True, "answering": True, "ready": self.ready.is_set(), "pid": os.getpid(),
+            "version": __version__,
             "gateway_id": cfg.gateway_id, "config": str(self.config_path) if self.config_path else None,
             "started_at": rfc3339(self.started_at), "generated_at": rfc3339(time.time()),
             "clock": {"synced": self.stamper.synced, "source": self.stamper.clock.sync_source,

@@ -144,6 +144,8 @@ def render(data: dict[str, Any]) -> str:
     lines = []
     if data.get("running") and data.get("answering", True):
         state = f"running (pid {data.get('pid')}), up since {when(data.get('started_at'))}"
+        if data.get("ready") is False:
+            state = f"starting (pid {data.get('pid')}, since {when(data.get('started_at'))}): opening the store and drivers"
     elif data.get("running"):
         state = "NOT ANSWERING — the process accepts connections but does not answer (frozen, stopped or overloaded)"
     else:

@@ -23,15 +23,12 @@ connection opened read-only stays so). Their loss, if any, is a ``data_loss`` ev
 records still held go to a spill file beside the store (``<store>.held``) or, when that
 filesystem takes no writes either (an SD card remounted read-only), to the runtime
 directory (``/run/coldgate``: it survives a restart of the service, not a reboot); the
-next start commits them first. Whatever cannot be kept anywhere is said in the log with
-its count, and the agent exits non-zero.
-
-records still held go to a spill file beside the store (``<store>.held``), which the
-next start commits first. On a full disk the spill uses the store's spare (deleted for
-it); should even that fail, the spill keeps at least a ``data_loss`` record of what was
-held (counts, sensors, times), and only if that too cannot be written is the loss said
-in the log alone. The store's count of records refused for the quota is handed from a
-failed connection to the next one, never dropped with it.
+next start commits them first. On a full disk the spill uses the store's spare (deleted
+for it); should even that fail, the spill keeps at least a ``data_loss`` record of what
+was held (counts, sensors, times), and only if that too cannot be written anywhere is the
+loss said in the log alone, with its count, and the agent exits non-zero. The store's
+count of records refused for the quota is handed from a failed connection to the next
+one, never dropped with it.
 
 Seqs reused: a receiver that holds some of a batch's seqs with other content
 (``conflicts``, see :class:`agent.seqguard.ConflictWatch`) makes the writer start a new

@@ -407,7 +407,7 @@ def test_status_over_the_control_socket_shows_every_part(tmp_path: Path) -> None
         task = await start(agent)
         await poll(lambda: agent.ingest.last_seen)
         st = await ask(agent, "status")
-        assert st["running"] and st["answering"] and st["stale"] == []
+        assert st["running"] and st["answering"] and st["ready"] and st["stale"] == []
         assert st["drivers"]["sim"]["state"] == "running"
         assert st["store"]["head_seq"] >= 3 and st["writer"]["error"] is None
         assert "temperature" in st["sensors"]["p1"]["readings"]

@@ -345,7 +345,7 @@ def test_an_agent_killed_during_the_health_check_starts_again_on_the_last_good_c
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        st = wait(lambda: (s := status()).get("answering") and s)
+        st = wait(lambda: (s := status()).get("ready") and s)
         assert st["fleet"]["running"]["version"] == 1  # even though config apply installed v2 as the live file
         assert st["fleet"]["last_rollback"]["failures"][0].startswith("the agent stopped during the health check")
     finally:

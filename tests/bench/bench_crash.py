@@ -30,6 +30,7 @@ gateway_id = "bench-crash"
 [store]
 path = "store.db"
 quota_mb = 2048
+commit_interval_s = {commit_interval_s}
 [control]
 socket = "control.sock"
 [time]
@@ -51,10 +52,10 @@ def seqs(agent: AgentProcess) -> list[int]:
         return [int(r["value"]) for r in s.records(type="reading")]
 
 
-def crash_window(kills: int, folder: Path) -> dict[str, float]:
+def crash_window(kills: int, folder: Path, commit_interval_s: float = 0.1) -> dict[str, float]:
     logger = Logger()
     cfg = folder / "coldgate.toml"
-    cfg.write_text(CONFIG.format(port=logger.path))
+    cfg.write_text(CONFIG.format(port=logger.path, commit_interval_s=commit_interval_s))
     agent = AgentProcess(cfg).start()
     total = 400 * (kills + 1)
     try:
@@ -75,10 +76,10 @@ def crash_window(kills: int, folder: Path) -> dict[str, float]:
         kill_leftovers()
 
 
-def flood(lines: int, folder: Path) -> dict[str, float]:
+def flood(lines: int, folder: Path, commit_interval_s: float = 0.1) -> dict[str, float]:
     logger = Logger()
     cfg = folder / "coldgate.toml"
-    cfg.write_text(CONFIG.format(port=logger.path))
+    cfg.write_text(CONFIG.format(port=logger.path, commit_interval_s=commit_interval_s))
     agent = AgentProcess(cfg).start()
     try:
         pid = agent.proc.pid  # type: ignore[union-attr]
@@ -109,13 +110,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--flood", type=int, default=200_000)
+    p.add_argument("--commit-interval", type=float, default=0.1,
+                   help="store.commit_interval_s of the agent (the default config's is 0.1)")
     args = p.parse_args()
+    print(f"store.commit_interval_s = {args.commit_interval}")
     with tempfile.TemporaryDirectory() as d:
-        r = crash_window(args.kills, Path(d))
+        r = crash_window(args.kills, Path(d), args.commit_interval)
     print(f"SIGKILL at 100 lines/s: {r['lost']} of {r['lines']} lines lost in {r['kills']} kills = "
           f"{r['per_kill']:.1f} a kill (target ≤ 10): {'PASS' if r['per_kill'] <= 10 else 'FAIL'}")
     with tempfile.TemporaryDirectory() as d:
-        f = flood(args.flood, Path(d))
+        f = flood(args.flood, Path(d), args.commit_interval)
     print(f"flood of {f['lines']} lines: peak RSS {f['peak_rss_mb']:.1f} MiB (target ≤ 80): "
           f"{'PASS' if f['peak_rss_mb'] <= 80 else 'FAIL'}; {f['rate']:,.0f} lines/s committed")
     print(f"  a SIGKILL 2.5 s in lost {f['lost']} lines = {f['lost_s']:.3f} s of input (target ≤ 0.5 s): "
