@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,8 @@ class MqttTransport:
         self.topic = wire.batches_topic(mq.prefix, gateway_id)
         self.acks = wire.acks_topic(mq.prefix, gateway_id)
         self._waiting: tuple[str, str] | None = None
+        #: the batch in flight ("first-last") and since when (monotonic), for status
+        self._in_flight: tuple[str, float] | None = None
         self._answer: dict[str, Any] | None = None
         #: "stored" answers that came while nothing waited (queued in the session while the
         #: agent was down, or after a timeout): the resend of that key takes them
@@ -112,6 +115,7 @@ class MqttTransport:
             if early is not None:
                 return wire.interpret(early, batch)
             self._waiting, self._answer = (batch.key, attempt), None
+        self._in_flight = (f"{batch.first}-{batch.last}", time.monotonic())
         try:
             mid = session.publish(self.topic, payload, props)
             # until the answer, a refusing PUBACK, or the timeout (a PUBACK saying "taken" is no answer)
@@ -133,7 +137,22 @@ class MqttTransport:
         finally:
             with session.condition:
                 self._waiting = None
+            self._in_flight = None
             session.forget()  # whatever happened, paho holds no batch of ours afterwards
+
+    def link(self) -> dict[str, Any]:
+        """The broker connection and the answer waited for, for ``coldgate status``."""
+        s, now, flight = self.session, time.monotonic(), self._in_flight
+        down = s.down_since
+        return {
+            "transport": "mqtt", "broker": str(s.url), "connected": s.connected,
+            "session_present": s.session_present,
+            "down_for_s": None if s.connected or down is None else round(now - down, 1),
+            "error": None if s.connected else s.last_error,
+            "waiting_for_answer": None if flight is None else flight[0],
+            "waiting_s": None if flight is None else round(now - flight[1], 1),
+            "answer_timeout_s": self.mqtt.answer_timeout_s,
+        }
 
     def close(self) -> None:
         self.session.close()
