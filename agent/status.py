@@ -218,8 +218,9 @@ def _uplink_lines(data: dict[str, Any]) -> list[str]:
         down = f" for {age(link['down_for_s'])}" if link.get("down_for_s") is not None else ""
         line += f" — broker unreachable{down}: {link.get('error') or sync.get('last_error') or 'not connected'}"
     elif link.get("waiting_for_answer"):
-        line += (f" — waiting for the consumer's answer to batch {link['waiting_for_answer']}"
-                 f" ({age(link.get('waiting_s'))} of {link.get('answer_timeout_s', '?'):g} s)")
+        limit = link.get("answer_timeout_s")
+        of = f" of {limit:g} s" if isinstance(limit, int | float) else ""
+        line += f" — waiting for the consumer's answer to batch {link['waiting_for_answer']} ({age(link.get('waiting_s'))}{of})"
         if sync.get("last_error"):
             line += f"; last failure: {sync['last_error']}"
     elif sync.get("last_error"):

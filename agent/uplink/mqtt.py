@@ -142,17 +142,10 @@ class MqttTransport:
 
     def link(self) -> dict[str, Any]:
         """The broker connection and the answer waited for, for ``coldgate status``."""
-        s, now, flight = self.session, time.monotonic(), self._in_flight
-        down = s.down_since
-        return {
-            "transport": "mqtt", "broker": str(s.url), "connected": s.connected,
-            "session_present": s.session_present,
-            "down_for_s": None if s.connected or down is None else round(now - down, 1),
-            "error": None if s.connected else s.last_error,
-            "waiting_for_answer": None if flight is None else flight[0],
-            "waiting_s": None if flight is None else round(now - flight[1], 1),
-            "answer_timeout_s": self.mqtt.answer_timeout_s,
-        }
+        flight = self._in_flight
+        return {**self.session.link(), "answer_timeout_s": self.mqtt.answer_timeout_s,
+                "waiting_for_answer": None if flight is None else flight[0],
+                "waiting_s": None if flight is None else round(time.monotonic() - flight[1], 1)}
 
     def close(self) -> None:
         self.session.close()

@@ -278,6 +278,14 @@ class BrokerSession:
             if not self.ready:
                 raise SyncTransient(self.last_error or f"broker {self.url}: not connected after {timeout:g} s")
 
+    def link(self) -> dict[str, Any]:
+        """The connection as ``coldgate status`` shows it: connected, or why not and since when."""
+        down = self.down_since
+        return {"transport": "mqtt", "broker": str(self.url), "connected": self.connected,
+                "session_present": self.session_present,
+                "down_for_s": None if self.connected or down is None else round(time.monotonic() - down, 1),
+                "error": None if self.connected else self.last_error}
+
     @property
     def ready(self) -> bool:
         return self.connected and self._subscribed.issuperset(self.subscriptions)

@@ -106,3 +106,18 @@ def test_the_mqtt_transport_shows_the_answer_in_flight_then_the_broker_down(
         assert link["error"] == f"cannot connect to {t.session.url}: Connection refused"
     finally:
         t.close()
+
+
+def test_a_thingsboard_uplink_says_its_broker_is_unreachable_too(broker: Mosquitto, store: Store) -> None:
+    url = broker.url
+    broker.stop(kill=True)
+    t = MqttTransport.from_config(uplink_config(url, format="thingsboard", connect_timeout_s=0.5), "gw-1")
+    try:
+        with pytest.raises(SyncTransient):
+            t.send(Batch("gw-1", store.stream_id, store.pending(10)))
+        link = t.link()
+        assert (link["connected"], link["error"]) == (False, f"cannot connect to {url}: Connection refused")
+        assert "waiting_for_answer" not in link  # ThingsBoard answers nothing but PUBACKs
+        assert "broker unreachable" in _line({"result": "transient", "link": link})
+    finally:
+        t.close()
