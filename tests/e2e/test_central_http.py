@@ -108,7 +108,8 @@ def test_agent_to_two_http_receivers_on_one_postgresql_survives_every_fault_and_
         # what the stop's bounded final sync did not send, `coldgate sync --now` sends
         out = subprocess.run([sys.executable, "-m", "agent", "sync", "--now", "--config", str(cfg)],
                              capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0 and "0 record(s) still pending" in out.stdout, out.stdout + out.stderr
+        assert out.returncode == 0 and ", 0 record(s) still pending" in out.stdout, out.stdout + out.stderr
+        assert agent.pending() == 0
         assert a.stop() == 0 and b.stop() == 0
     finally:
         if agent.proc is not None:

@@ -82,11 +82,14 @@ def test_agent_to_mosquitto_to_two_consumers_to_postgresql_survives_every_fault_
         before = db.count()
         wait_until(lambda: db.count() > before + 100, 30, "progress after the consumer kill", every=0.2)
         broker.stop(kill=True)
-        status = wait_until(lambda: (s := agent.status())["sync"]["result"] == "transient" and s, 30,
-                            "status to show the broker down")
+        status = wait_until(lambda: (s := agent.status())["sync"]["result"] == "transient"
+                            and s["sync"].get("link", {}).get("connected") is False and s,
+                            30, "status to show the broker down", every=0.2)
         assert status["uplink_url"] == broker.url
-        text = status_text(agent)
-        assert "broker unreachable" in text, text
+        assert status["sync"]["link"]["error"].startswith(f"cannot connect to {broker.url}") or \
+            status["sync"]["link"]["error"].startswith(f"disconnected from {broker.url}")
+        text = status_text(agent)  # down it stays until the test starts it again
+        assert f"uplink: {broker.url}: transient — broker unreachable for " in text, text
         head = agent.head()
         wait_until(lambda: agent.head() > head + 50, 30, "readings to keep buffering while the broker is down")
         broker.start()
@@ -105,7 +108,8 @@ def test_agent_to_mosquitto_to_two_consumers_to_postgresql_survives_every_fault_
         # machine), `coldgate sync --now` sends without the agent, as an operator would
         out = subprocess.run([sys.executable, "-m", "agent", "sync", "--now", "--config", str(cfg)],
                              capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0 and "0 record(s) still pending" in out.stdout, out.stdout + out.stderr
+        assert out.returncode == 0 and ", 0 record(s) still pending" in out.stdout, out.stdout + out.stderr
+        assert agent.pending() == 0
         assert a.stop() == 0 and b.stop() == 0
     finally:
         if agent.proc is not None:
