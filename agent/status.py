@@ -214,7 +214,7 @@ def _uplink_lines(data: dict[str, Any]) -> list[str]:
         return [f"uplink: {url}"]
     line = f"uplink: {url}: {sync.get('result')}"
     link = sync.get("link") or {}
-    if link.get("transport") == "mqtt" and not link.get("connected"):
+    if link.get("transport") == "mqtt" and not link.get("connected") and sync.get("result") != "auth_refused":
         down = f" for {age(link['down_for_s'])}" if link.get("down_for_s") is not None else ""
         line += f" — broker unreachable{down}: {link.get('error') or sync.get('last_error') or 'not connected'}"
     elif link.get("waiting_for_answer"):

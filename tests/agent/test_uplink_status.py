@@ -55,6 +55,13 @@ def test_status_says_the_broker_is_unreachable_with_why_and_for_how_long() -> No
                            "cannot connect to mqtt://broker:1883: Connection refused")
 
 
+def test_a_broker_that_refuses_the_credentials_is_not_called_unreachable() -> None:
+    sync = {"result": "auth_refused", "last_error": "broker mqtt://broker:1883 refused the connection: Not authorized",
+            "link": {"transport": "mqtt", "connected": False, "down_for_s": 5.0, "error": "cannot connect to x"}}
+    assert _line(sync) == ("uplink: mqtt://broker:1883: auth_refused — broker mqtt://broker:1883 refused the "
+                           "connection: Not authorized")
+
+
 def test_status_says_which_answer_the_gateway_is_waiting_for_and_the_last_failure() -> None:
     sync = {"result": "transient", "last_error": "no answer from the consumer within 30 s",
             "link": {"transport": "mqtt", "connected": True, "waiting_for_answer": "101-600", "waiting_s": 12.4,
