@@ -218,6 +218,12 @@ class UplinkConfig(Model):
             raise ValueError("transport = 'mqtt' needs an [uplink.mqtt] table with a broker")
         return self
 
+    def endpoint(self) -> str | None:
+        """Where batches go, for status and logs: the broker for MQTT, else the masked URL."""
+        if self.transport == "mqtt" and self.mqtt is not None:
+            return self.mqtt.broker  # never carries credentials (refused at load)
+        return self.masked_url()
+
     def masked_url(self) -> str | None:
         if self.url is None:
             return None

@@ -236,7 +236,7 @@ class Agent:
             await self._start_metrics(cfg)
             log.info("coldgate %s running: gateway %s, store %s, %d driver(s), uplink %s, control %s",
                      __version__, cfg.gateway_id, cfg.store.path, len(self.drivers.drivers),
-                     cfg.uplink.masked_url() or "none", cfg.control.socket)
+                     cfg.uplink.endpoint() or "none", cfg.control.socket)
             self.notifier.ready(self.one_line())
             self.ready.set()
             await self._stop.wait()
@@ -808,8 +808,8 @@ class Agent:
             "started_at": rfc3339(self.started_at), "generated_at": rfc3339(time.time()),
             "clock": {"synced": self.stamper.synced, "source": self.stamper.clock.sync_source,
                       "boot_id": self.stamper.boot_id, "steps": self.clock_watch.steps},
-            "drivers": self.drivers.status(), "uplink_url": cfg.uplink.masked_url(),
-            "sync": self.uplink.state.as_dict(), "stale": [], "stuck": self.stuck,
+            "drivers": self.drivers.status(), "uplink_url": cfg.uplink.endpoint(),
+            "sync": self.uplink.status(), "stale": [], "stuck": self.stuck,
             "quota_bytes": int(cfg.store.quota_mb * (1 << 20)),
             "fleet": self.steward.status(),
             "identity": ({"key_id": self.identity.key_id} if self.identity is not None

@@ -60,7 +60,7 @@ def offline(cfg: Config) -> dict[str, Any]:
         "running": False, "answering": False, "gateway_id": cfg.gateway_id, "generated_at": rfc3339(time.time()),
         "drivers": {d.name: {"type": d.type, "state": "not running" if d.enabled else "disabled"}
                     for d in cfg.drivers},
-        "uplink_url": cfg.uplink.masked_url(), "control": str(cfg.control.socket),
+        "uplink_url": cfg.uplink.endpoint(), "control": str(cfg.control.socket),
         "quota_bytes": int(cfg.store.quota_mb * (1 << 20)),
     }
     clock = Clock(cfg.time.sync_source)
@@ -243,7 +243,17 @@ def _uplink_lines(data: dict[str, Any]) -> list[str]:
     if not sync:
         return [f"uplink: {url}"]
     line = f"uplink: {url}: {sync.get('result')}"
-    if sync.get("last_error"):
+    link = sync.get("link") or {}
+    if link.get("transport") == "mqtt" and not link.get("connected") and sync.get("result") != "auth_refused":
+        down = f" for {age(link['down_for_s'])}" if link.get("down_for_s") is not None else ""
+        line += f" — broker unreachable{down}: {link.get('error') or sync.get('last_error') or 'not connected'}"
+    elif link.get("waiting_for_answer"):
+        limit = link.get("answer_timeout_s")
+        of = f" of {limit:g} s" if isinstance(limit, int | float) else ""
+        line += f" — waiting for the consumer's answer to batch {link['waiting_for_answer']} ({age(link.get('waiting_s'))}{of})"
+        if sync.get("last_error"):
+            line += f"; last failure: {sync['last_error']}"
+    elif sync.get("last_error"):
         line += f" — {sync['last_error']}"
     if sync.get("next_retry_at"):
         line += f"; next retry {when(sync['next_retry_at'])}"

@@ -173,6 +173,19 @@ class UplinkLoop:
         self.state.next_retry_mono = None
         self._wake.set()
 
+    def status(self) -> dict[str, Any]:
+        """The state for ``coldgate status``, with the transport's own view of its link
+        (``link``: an MQTT transport's broker connection and the answer it waits for) when
+        the transport has one (an optional ``link()`` method; the seam does not need it)."""
+        out = self.state.as_dict()
+        link = getattr(self.transport, "link", None)
+        if callable(link):
+            try:
+                out["link"] = link()
+            except Exception as exc:  # noqa: BLE001 - status must answer whatever the transport does
+                out["link"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
+
     def due(self) -> bool:
         nxt = self.state.next_retry_mono
         return nxt is None or time.monotonic() >= nxt

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,8 @@ class MqttTransport:
         self.topic = wire.batches_topic(mq.prefix, gateway_id)
         self.acks = wire.acks_topic(mq.prefix, gateway_id)
         self._waiting: tuple[str, str] | None = None
+        #: the batch in flight ("first-last") and since when (monotonic), for status
+        self._in_flight: tuple[str, float] | None = None
         self._answer: dict[str, Any] | None = None
         #: "stored" answers that came while nothing waited (queued in the session while the
         #: agent was down, or after a timeout): the resend of that key takes them
@@ -112,6 +115,7 @@ class MqttTransport:
             if early is not None:
                 return wire.interpret(early, batch)
             self._waiting, self._answer = (batch.key, attempt), None
+        self._in_flight = (f"{batch.first}-{batch.last}", time.monotonic())
         try:
             mid = session.publish(self.topic, payload, props)
             # until the answer, a refusing PUBACK, or the timeout (a PUBACK saying "taken" is no answer)
@@ -133,7 +137,15 @@ class MqttTransport:
         finally:
             with session.condition:
                 self._waiting = None
+            self._in_flight = None
             session.forget()  # whatever happened, paho holds no batch of ours afterwards
+
+    def link(self) -> dict[str, Any]:
+        """The broker connection and the answer waited for, for ``coldgate status``."""
+        flight = self._in_flight
+        return {**self.session.link(), "answer_timeout_s": self.mqtt.answer_timeout_s,
+                "waiting_for_answer": None if flight is None else flight[0],
+                "waiting_s": None if flight is None else round(time.monotonic() - flight[1], 1)}
 
     def close(self) -> None:
         self.session.close()

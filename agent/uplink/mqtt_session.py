@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -136,6 +137,8 @@ class BrokerSession:
         self.session_present: bool | None = None
         self.max_packet: int | None = None
         self.connects = 0
+        #: since when (monotonic) this client has had no connection; None while connected
+        self.down_since: float | None = time.monotonic()
         self._acks: dict[int, int] = {}
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=paho.MQTTv5 if mqtt5 else paho.MQTTv311,
@@ -151,6 +154,7 @@ class BrokerSession:
             client.username_pw_set(username, password)
         client.on_connect = self._connected_cb
         client.on_disconnect = self._disconnected_cb
+        client.on_connect_fail = self._connect_failed_cb
         client.on_subscribe = self._subscribed_cb
         client.on_publish = self._published_cb
         client.on_message = self._message_cb
@@ -169,7 +173,7 @@ class BrokerSession:
             return
         with self._cond:
             lost = self.connects > 0 and self.session_present is not None and not flags.session_present
-            self.connected, self._refused, self.last_error = True, None, None
+            self.connected, self._refused, self.last_error, self.down_since = True, None, None, None
             self.session_present = bool(flags.session_present)
             self.max_packet = getattr(properties, "MaximumPacketSize", None)
             self.connects += 1
@@ -201,11 +205,20 @@ class BrokerSession:
         with self._cond:
             was = self.connected
             self.connected = False
+            if was or self.down_since is None:
+                self.down_since = time.monotonic()
             self._subscribed.clear()
             self.last_error = f"disconnected from {self.url}: {reason}"
             self._cond.notify_all()
         if was and not self._closing:
             log.warning("%s; reconnecting", self.last_error)
+
+    def _connect_failed_cb(self, client: Any, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError`` around a reconnect: the error is at hand
+        exc = sys.exc_info()[1]
+        with self._cond:
+            self.last_error = f"cannot connect to {self.url}: {_reason(exc) if exc else 'connection failed'}"
+            self._cond.notify_all()
 
     def _published_cb(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         with self._cond:
@@ -264,6 +277,14 @@ class BrokerSession:
                 raise refused
             if not self.ready:
                 raise SyncTransient(self.last_error or f"broker {self.url}: not connected after {timeout:g} s")
+
+    def link(self) -> dict[str, Any]:
+        """The connection as ``coldgate status`` shows it: connected, or why not and since when."""
+        down = self.down_since
+        return {"transport": "mqtt", "broker": str(self.url), "connected": self.connected,
+                "session_present": self.session_present,
+                "down_for_s": None if self.connected or down is None else round(time.monotonic() - down, 1),
+                "error": None if self.connected else self.last_error}
 
     @property
     def ready(self) -> bool:

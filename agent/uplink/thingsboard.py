@@ -152,5 +152,9 @@ class ThingsBoardTransport:
         return Answer(stored=len(batch), duplicates=0,
                       extra={"destination": "thingsboard", "acknowledged_by": "PUBACK", "messages": len(payloads)})
 
+    def link(self) -> dict[str, Any]:
+        """The broker connection, for ``coldgate status`` (a PUBACK is all ThingsBoard answers)."""
+        return self.session.link()
+
     def close(self) -> None:
         self.session.close()

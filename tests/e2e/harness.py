@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -46,7 +46,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
+               every: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -54,7 +55,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 class ReceiverProcess:
@@ -115,9 +116,11 @@ class ReceiverProcess:
         raise AssertionError(f"stream {stream} not in the receiver's report")
 
 
-def write_config(tmp_path: Path, url: str, *, token: str = TOKEN, sim: str = "speed = 0\nlimit = 600",
+def write_config(tmp_path: Path, url: str | None, *, token: str = TOKEN, sim: str = "speed = 0\nlimit = 600",
                  extra: str = "", uplink_extra: str = "") -> Path:
+    """A config for the simulated logger; ``url=None`` leaves ``uplink.url`` out (MQTT)."""
     cfg = tmp_path / "coldgate.toml"
+    url_line = "" if url is None else f'url = "{url}"'
     cfg.write_text(f"""
 gateway_id = "gw-e2e"
 [store]
@@ -126,7 +129,7 @@ commit_interval_s = 0.2
 [control]
 socket = "control.sock"
 [uplink]
-url = "{url}"
+{url_line}
 token = "{token}"
 interval_s = 0.2
 batch_size = 100
@@ -232,7 +235,15 @@ class AgentProcess:
             return s.records(with_state=True)
 
 
-def assert_receiver_holds_everything(agent: AgentProcess, receiver: ReceiverProcess,
+class Central(Protocol):
+    """A receiver database as the assertions read it (:class:`ReceiverProcess`, ``central.CentralDB``)."""
+
+    def records(self, stream: str | None = None) -> list[dict[str, Any]]: ...
+
+    def stream_report(self, stream: str) -> dict[str, Any]: ...
+
+
+def assert_receiver_holds_everything(agent: AgentProcess, receiver: Central,
                                      set_aside_ok: bool = False) -> list[dict[str, Any]]:
     """The receiver holds every record of the agent's stream exactly once, chained, gap-free."""
     local = agent.all_records()
