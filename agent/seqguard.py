@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the store imports this module; it needs nothing of the uplink at run time
     from agent.uplink.base import Answer, Batch, Transport
@@ -230,6 +230,11 @@ class ConflictWatch:
             except Exception as exc:  # noqa: BLE001 - the answer still stands; the next conflict reports again
                 log.error("the conflicting seqs of batch %s could not be reported: %s", batch.key, exc)
         return answer
+
+    def __getattr__(self, name: str) -> Any:
+        # The transport's optional parts (an MQTT transport's ``link()`` for status) stay
+        # visible through the wrapper; only ``send`` is watched.
+        return getattr(self.inner, name)
 
     def close(self) -> None:
         self.inner.close()

@@ -309,6 +309,16 @@ def test_the_conflict_watch_reports_a_batch_the_receiver_holds_with_other_conten
     assert seen == [(1, 2, 1)]
 
 
+def test_the_conflict_watch_keeps_the_transports_link_visible_to_status() -> None:
+    class WithLink(FakeTransport):
+        def link(self) -> dict[str, Any]:
+            return {"connected": False, "broker": "mqtt://127.0.0.1:1"}
+
+    watch = ConflictWatch(WithLink(), lambda b, a: None)
+    assert watch.link() == {"connected": False, "broker": "mqtt://127.0.0.1:1"}  # type: ignore[attr-defined]
+    assert not hasattr(ConflictWatch(FakeTransport(), lambda b, a: None), "link")
+
+
 def test_records_carried_into_a_new_stream_go_over_once_even_across_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     s = Store.open(path, gateway_id=GW, clock=Clock("assume_synced"))
