@@ -42,7 +42,7 @@ class AsciiField(Options):
 
     source: str | int = Field(description="named group (regex), or column name or 0-based index (csv)")
     sensor_id: str = Field(min_length=1)
-    quantity: str = Field(min_length=1, description="PROTOCOL.md quantity, e.g. temperature")
+    quantity: str = Field(min_length=1, description="docs/protocol.md quantity, e.g. temperature")
     unit: str = Field(min_length=1, description="SenML unit, e.g. Cel")
     scale: float = Field(default=1.0, description="value = number * scale + offset")
     offset: float = 0.0

@@ -53,7 +53,7 @@ MISSING_AFTER_S = 900.0
 
 
 class Reading(NamedTuple):
-    """One measured value, in PROTOCOL.md's quantities and SenML units.
+    """One measured value, in docs/protocol.md's quantities and SenML units.
 
     ``ts`` is the wall-clock time (UTC epoch seconds) when the device took it, where the
     driver knows it better than the agent (a simulated clock, a logger's own memory);

@@ -62,7 +62,7 @@ class RegisterMap(Options):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    quantity: str = Field(min_length=1, description="PROTOCOL.md quantity, e.g. temperature")
+    quantity: str = Field(min_length=1, description="docs/protocol.md quantity, e.g. temperature")
     unit: str = Field(min_length=1, description="SenML unit, e.g. Cel")
     # ``register`` in the config; not the attribute name, which would shadow ABCMeta.register
     reg: int = Field(alias="register", ge=0, le=65535, description="register address as sent on the wire (0-based)")

@@ -17,7 +17,7 @@ Three layers, the first two pure:
 :class:`NmeaDriver`
     the serial port, the bounded line reader and the counters.
 
-Readings (PROTOCOL.md): latitude ``lat``, longitude ``lon``, altitude ``m`` (above mean
+Readings (docs/protocol.md): latitude ``lat``, longitude ``lon``, altitude ``m`` (above mean
 sea level), speed ``m/s``, gnss_fix ``count`` (the GGA quality), hdop ``count``,
 satellites ``count``. Fix quality and satellites in use are recorded even without a fix
 (they say *why* there is no position); position, altitude, speed and HDOP only with one.

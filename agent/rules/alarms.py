@@ -1,7 +1,7 @@
 """The alarm lifecycle: raised → cleared → acknowledged, latching or auto-clearing.
 
 Evaluators say when a rule's condition starts and ends; this book turns that into alarm
-records (PROTOCOL.md ``alarm`` fields, less the store's ``stream``/``seq``/hashes/``type``)
+records (docs/protocol.md ``alarm`` fields, less the store's ``stream``/``seq``/hashes/``type``)
 and remembers every alarm until it is both cleared and acknowledged:
 
 - **auto-clear** (default): the end of the condition emits ``cleared`` at once; the alarm

@@ -67,7 +67,7 @@ class AboveRule(_Timed):
     """Single event: value ≥ limit continuously for at least ``delay_s``."""
 
     type: Literal["above"]
-    quantity: str = Field(default="temperature", description="PROTOCOL.md quantity the rule watches")
+    quantity: str = Field(default="temperature", description="docs/protocol.md quantity the rule watches")
     limit: float = Field(description="first out-of-range value, in the quantity's unit")
 
 

@@ -43,7 +43,7 @@ def parse_ts(text: str) -> float:
 
 
 def format_ts(ts: float | None) -> str | None:
-    """Epoch seconds as PROTOCOL.md's RFC 3339: milliseconds and ``Z``."""
+    """Epoch seconds as docs/protocol.md's RFC 3339: milliseconds and ``Z``."""
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

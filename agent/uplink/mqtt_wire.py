@@ -43,7 +43,7 @@ from agent.uplink.base import Answer, Batch
 
 ENVELOPE_VERSION = 1
 ANSWER_VERSION = 1
-#: bodies above this are gzipped, as over HTTP (PROTOCOL.md: "larger than 1 KiB")
+#: bodies above this are gzipped, as over HTTP (docs/protocol.md: "larger than 1 KiB")
 GZIP_OVER = 1024
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _LEVEL = re.compile(r"^[A-Za-z0-9._-]+$")

@@ -45,7 +45,7 @@ def _b(name: str) -> Obj:
     return Obj(name, 1, False, 1, "count", "binary")
 
 
-#: BTHome v2 object ids. Names and units are PROTOCOL.md's where it has the quantity
+#: BTHome v2 object ids. Names and units are docs/protocol.md's where it has the quantity
 #: (pressure is sent in 0.01 hPa, which is 1 Pa; acceleration has no axis in BTHome).
 OBJECTS: dict[int, Obj] = {
     0x00: Obj("packet_id", 1, False, 1, "", "packet_id"),

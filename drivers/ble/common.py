@@ -2,7 +2,7 @@
 
 The decoders are pure ``bytes -> Decoded`` functions; the driver turns a :class:`Decoded`
 into :class:`drivers.base.Reading` values and decides what to record (duplicates, replays).
-Quantities and units are PROTOCOL.md's (SenML symbols): a decoder converts at the edge,
+Quantities and units are docs/protocol.md's (SenML symbols): a decoder converts at the edge,
 so nothing downstream ever sees hPa, milli-g or mV.
 """
 
@@ -23,7 +23,7 @@ RUUVI_COMPANY_ID = 0x0499
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One decoded value in PROTOCOL.md's quantity and unit."""
+    """One decoded value in docs/protocol.md's quantity and unit."""
 
     quantity: str
     value: float

@@ -13,7 +13,7 @@ id stripped) is exactly 24 bytes, big-endian::
     16-17 measurement sequence uint16            invalid 0xFFFF
     18-23 MAC                                    invalid FF:FF:FF:FF:FF:FF
 
-A value marked invalid is left out (PROTOCOL.md: never sent as 0). Acceleration becomes
+A value marked invalid is left out (docs/protocol.md: never sent as 0). Acceleration becomes
 m/s2 (mg × 9.80665 / 1000), the battery a ``voltage`` in V.
 """
 

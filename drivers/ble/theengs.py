@@ -6,7 +6,7 @@ It takes an advertisement as JSON (manufacturer data with its company id first, 
 data with its UUID, the local name) and returns the model it recognised with values
 under its own keys (``tempc``, ``hum``, ``pres`` in hPa, ``volt`` …), and
 ``getProperties(model_id)`` says each key's unit. This module turns that into
-:class:`~drivers.ble.common.Decoded` measurements in PROTOCOL.md's quantities and SenML
+:class:`~drivers.ble.common.Decoded` measurements in docs/protocol.md's quantities and SenML
 units, converting where Theengs uses others (°F, hPa, mV, g). A key this table does not
 know is not guessed at: it goes to ``extra["unmapped"]`` (``coldgate decode`` shows it)
 and is never recorded.

@@ -11,7 +11,7 @@ from drivers.exc import DecodeError
 from tests.drivers.ble_helpers import VECTORS
 
 G = 9.80665
-# vectors.json units -> PROTOCOL.md units (value factor, unit)
+# vectors.json units -> docs/protocol.md units (value factor, unit)
 BTHOME_UNITS = {"°C": (1, "Cel"), "%": (1, "%RH"), "hPa": (100, "Pa"), "lx": (1, "lx"), "m/s²": (1, "m/s2")}
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
 MAC = "54:48:E6:8F:80:A5"

@@ -1,7 +1,7 @@
 """Theengs Decoder as a BLE format: published frames of 13 models, through the driver into readings.
 
 The vectors (tests/data/ble/theengs.json) are Theengs Decoder's own test frames with the
-output it is published to give; the readings are those values in PROTOCOL.md's units.
+output it is published to give; the readings are those values in docs/protocol.md's units.
 """
 
 from __future__ import annotations

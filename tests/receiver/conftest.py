@@ -92,7 +92,7 @@ def key_of(records: list[dict[str, Any]], gateway_id: str = GATEWAY) -> str:
 
 
 class Client:
-    """Posts batches the way PROTOCOL.md says, with knobs to break each rule."""
+    """Posts batches the way docs/protocol.md says, with knobs to break each rule."""
 
     def __init__(self, url: str, token: str | None = None) -> None:
         self.url = url

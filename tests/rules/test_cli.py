@@ -280,3 +280,22 @@ def test_a_latched_alarm_shows_when_its_condition_ended(store_with_alarm, capsys
     assert main(["alarms", "--config", str(cfg), "--json"]) == 0
     (h,) = json.loads(capsys.readouterr().out)["history"]
     assert h["ended_at"] == format_ts(T0 + 60) and h["duration_s"] == 60.0 and h["state"] == "raised"
+
+
+def test_an_offline_ack_is_stamped_by_the_configured_sync_source_with_boot_time_and_boot_id(store_with_alarm, capsys):
+    """0.1.0's CLI asked adjtimex whatever [time] sync_source said, and its offline
+    acknowledgement carried no monotonic time or boot id, so no clock_step could cover it."""
+    import sqlite3
+
+    from agent.timebase import boot_id
+
+    cfg, db = store_with_alarm
+    cfg.write_text(cfg.read_text().replace('sync_source = "assume_synced"', 'sync_source = "assume_unsynced"'))
+    assert main(["alarms", "ack", "s:high:1", "--by", "anna", "--reason", "seen", "--config", str(cfg),
+                 "--json"]) == 0
+    seq = json.loads(capsys.readouterr().out)["seq"]
+    with sqlite3.connect(db) as conn:
+        tq, mono_ns, boot = conn.execute("SELECT tq, mono_ns, boot_id FROM records WHERE seq = ?", (seq,)).fetchone()
+    assert tq == "unsynced"
+    assert isinstance(mono_ns, int) and mono_ns > 0
+    assert boot == boot_id()
