@@ -12,6 +12,10 @@ own is here:
 * migrations are versioned in ``coldgate_schema`` and run under an advisory lock, so
   receivers starting together migrate once;
 * a batch's new records go in by ``COPY`` (under the stream's lock they are known to be new);
+* a batch is four round trips to the server, not seven (:class:`_Batched`): ``BEGIN``, the
+  stream's lock and the look at what is stored go together, then the ``COPY`` (two), then
+  every other write with ``COMMIT`` — a round trip costs the receiver about 175 µs of CPU
+  on the 2-core reference machine, most of a small batch's cost;
 * a small pool of connections, one per concurrent request, re-opened after an error;
 * SHA-256 for re-verification is the server's ``sha256()`` (PostgreSQL 11+).
 
@@ -188,8 +192,10 @@ class PgStorage(SqlStorage):
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
-        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with self._connection() as conn, conn.cursor() as raw:
+            cur = _Batched(raw, psycopg.ClientCursor(conn).mogrify)
             yield cur
+            cur.commit()
 
     def _insert_records(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
         """COPY the batch's new rows: the fastest way in, and safe: under the stream's lock they are new."""
@@ -206,6 +212,51 @@ class PgStorage(SqlStorage):
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._connection() as conn:
             return list(conn.execute(self._sql(sql), params).fetchall())
+
+
+class _Batched:
+    """A transaction's statements sent together, with client-side binding.
+
+    Statements are held until the caller reads a result (:meth:`fetchall`) or commits;
+    then everything held goes in one simple query (several statements, one round trip):
+    ``BEGIN`` with the first, ``COMMIT`` with the last. A failing statement fails the
+    whole transaction, as it would one by one; the connection is then discarded (see
+    :meth:`PgStorage._connection`), which rolls it back.
+    """
+
+    def __init__(self, cur: Any, mogrify: Any) -> None:
+        self._cur, self._mogrify = cur, mogrify
+        self._held: list[str] = ["BEGIN"]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._held.append(self._mogrify(sql, params) if params else sql)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._held.extend(self._mogrify(sql, row) for row in rows)
+
+    def copy(self, statement: str) -> Any:
+        """``COPY … FROM STDIN`` on the connection, after what is held (it cannot share a query)."""
+        if self._held:
+            self._flush()
+        return self._cur.copy(statement)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        """Send what is held; the rows of the last statement."""
+        return self._flush()
+
+    def commit(self) -> None:
+        self._held.append("COMMIT")
+        self._flush()
+
+    def _flush(self) -> list[tuple[Any, ...]]:
+        text, self._held = "; ".join(self._held), []
+        cur = self._cur
+        cur.execute(text)
+        rows: list[tuple[Any, ...]] = []
+        while True:  # one result per statement: the last one's rows are the answer
+            rows = cur.fetchall() if cur.description is not None else []
+            if not cur.nextset():
+                return rows
 
 
 def _reason(exc: BaseException) -> str:

@@ -180,3 +180,28 @@ def test_an_id_no_database_column_can_hold_is_a_422_and_content_with_no_canonica
         assert rx.store_batch(_batch([odd, chain.reading()]))["stored"] == 2  # kept as evidence, never refused
         s = rx.report()["gateways"][GATEWAY]["streams"][chain.stream]
         assert [(b["seq"], b["why"]) for b in s["chain_breaks"]] == [(1, "bad hash")]
+
+
+def test_a_batch_whose_last_write_fails_stores_nothing_and_the_next_batch_goes_in(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PostgreSQL sends a batch's writes and COMMIT in one query: a statement failing among
+    # them must take the whole transaction with it, not leave the records without the rest.
+    chain = Chain()
+    recs = chain.readings(6)
+    with Receiver(db) as rx:
+        storage = rx.store
+        real = storage._note_gateway  # noqa: SLF001
+
+        def fails_after_the_records(cur: Any, *args: Any) -> None:
+            real(cur, *args)
+            cur.execute("INSERT INTO no_such_table VALUES (1)")
+
+        monkeypatch.setattr(storage, "_note_gateway", fails_after_the_records)
+        with pytest.raises(ReceiverError):
+            rx.store_batch(_batch(recs[:3]))
+        monkeypatch.undo()
+        assert rx.records(GATEWAY) == []
+        assert rx.store_batch(_batch(recs[:3])) == {"stored": 3, "duplicates": 0, "conflicts": 0}
+        assert rx.store_batch(_batch(recs[2:])) == {"stored": 3, "duplicates": 1, "conflicts": 0}
+        s = rx.report()["gateways"][GATEWAY]["streams"][chain.stream]
+        assert (s["records"], s["verdict"]) == (6, "complete-and-verified")
