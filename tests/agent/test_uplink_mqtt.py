@@ -298,3 +298,16 @@ def test_a_missing_mosquitto_fails_the_mqtt_tests_saying_how_to_install_it(monke
     monkeypatch.setattr(helpers.Path, "exists", lambda self: False)
     with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y mosquitto"):
         helpers.mosquitto_binary()
+
+
+def test_the_broker_connection_sends_without_nagle_delay(broker: Mosquitto, store: Store,
+                                                        closing: list[Any]) -> None:
+    # With Nagle's algorithm on (paho's default), each small packet of a batch's exchange
+    # could wait ~40 ms for the broker's delayed ACK: most of a batch's round trip.
+    import socket
+
+    _responder(closing, broker.url, lambda env: STORED)
+    t = _transport(closing, broker.url)
+    t.send(_batches(store)[1])
+    sock = t.session.client.socket()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
