@@ -9,9 +9,10 @@
 #
 # Checks: the service starts and runs under its real sandbox; `sudo -u coldgate coldgate
 # status` works; `systemctl reload` applies the config; an invalid config exits 78 and is
-# not restarted; `systemd-analyze security coldgate` (online). Until the runtime sends
-# READY=1 and WATCHDOG=1 (the daemon rebuild), a drop-in sets Type=exec, WatchdogSec=0:
-# remove it (DROP_IN=0) to check the notify protocol too.
+# not restarted; `systemd-analyze security coldgate` (online); the notify protocol: the
+# unit is active only after READY=1, shows the agent's STATUS= line, and is still running
+# unrestarted past WatchdogSec (so WATCHDOG=1 kept coming). DROP_IN=1 runs it as
+# Type=exec without the watchdog instead (for a runtime that does not notify).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CHECKOUT=$PWD
@@ -51,7 +52,7 @@ for line in block.splitlines():
 print("systemctl enable coldgate")
 EOF
 systemd-nspawn --register=no --keep-unit --quiet -D "$ROOT" /bin/bash /opt/install.sh
-if [ "${DROP_IN:-1}" = 1 ]; then
+if [ "${DROP_IN:-0}" = 1 ]; then
     mkdir -p "$ROOT/etc/systemd/system/coldgate.service.d"
     printf '[Service]\nType=exec\nWatchdogSec=0\n' > "$ROOT/etc/systemd/system/coldgate.service.d/drill.conf"
 fi
@@ -68,6 +69,17 @@ in_ct systemctl status coldgate --no-pager | head -12
 in_ct runuser -u coldgate -- coldgate status
 in_ct systemctl reload coldgate
 in_ct systemd-analyze security coldgate --no-pager | tail -1
+if [ "${DROP_IN:-0}" != 1 ]; then
+    in_ct systemctl show coldgate -p Type -p StatusText -p WatchdogUSec --no-pager
+    [ "$(in_ct systemctl show coldgate -p Type --value)" = notify ] || { echo "FAIL: not Type=notify"; exit 1; }
+    [ -n "$(in_ct systemctl show coldgate -p StatusText --value)" ] || { echo "FAIL: no STATUS="; exit 1; }
+    wd=$(( $(in_ct systemctl show coldgate -p WatchdogUSec --value | sed 's/s$//') + 5 ))
+    echo "waiting ${wd} s, past WatchdogSec"
+    sleep "$wd"
+    in_ct systemctl show coldgate -p ActiveState -p NRestarts --no-pager
+    [ "$(in_ct systemctl is-active coldgate)" = active ] || { echo "FAIL: not active past the watchdog"; exit 1; }
+    [ "$(in_ct systemctl show coldgate -p NRestarts --value)" = 0 ] || { echo "FAIL: restarted by the watchdog"; exit 1; }
+fi
 
 in_ct sh -c 'printf "gateway_id = \"gw\"\n[store]\nquota_mb = 1e308\n" > /etc/coldgate/coldgate.toml'
 in_ct systemctl restart coldgate || true
