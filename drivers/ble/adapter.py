@@ -209,10 +209,19 @@ class BluezAdapterControl:
         try:
             from bluetooth_auto_recovery import recover_adapter
         except ImportError:
+            recover_adapter = None
+        # bluetooth-auto-recovery finds the adapter by index and address (it may have moved
+        # to another hciN), and with gone_silent=True goes on to a USB reset when a power
+        # cycle through the management socket is not enough: the reset step follows a
+        # stalled scan. Without the library, or without an address, the kernel's HCI down/up.
+        address = None
+        if recover_adapter is not None:
+            with contextlib.suppress(DriverUnavailable):
+                address = (await self.state(adapter)).address
+        if recover_adapter is None or not address:
             await asyncio.to_thread(_hci_down_up, index)
-        else:
-            if not await recover_adapter(index):
-                raise DriverUnavailable(f"bluetooth-auto-recovery could not reset {adapter}")
+        elif not await recover_adapter(index, address, gone_silent=True):
+            raise DriverUnavailable(f"bluetooth-auto-recovery could not reset {adapter} ({address})")
         await asyncio.sleep(self.settle_s)
         with contextlib.suppress(DriverUnavailable):
             await self._set_powered(adapter, True)  # a reset leaves some controllers off

@@ -144,3 +144,54 @@ def test_no_bus_at_all_is_a_driver_unavailable(tmp_path):
             await BluezAdapterControl(bus_address=f"unix:path={tmp_path}/nothing", timeout_s=2).state("hci0")
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_controller_reset_asks_bluetooth_auto_recovery_by_index_and_address_then_powers_on(
+        bus_address, monkeypatch):
+    # bluetooth-auto-recovery's own signature: recover_adapter(hci, mac, gone_silent=False).
+    # Stood in for (it needs a real controller and its management socket); BlueZ is on D-Bus.
+    import sys
+    import types
+
+    calls = []
+
+    async def recover_adapter(hci: int, mac: str, gone_silent: bool = False) -> bool:
+        calls.append((hci, mac, gone_silent))
+        adapter.powered = False  # a reset leaves some controllers off
+        return True
+
+    monkeypatch.setitem(sys.modules, "bluetooth_auto_recovery",
+                        types.SimpleNamespace(recover_adapter=recover_adapter))
+    adapter = FakeAdapter1()
+
+    async def main():
+        bluez = await serve(bus_address, {"hci0": adapter})
+        try:
+            await BluezAdapterControl(bus_address=bus_address, settle_s=0).reset("hci0")
+        finally:
+            bluez.disconnect()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert calls == [(0, "B8:27:EB:00:00:01", True)]
+    assert adapter.powered is True and adapter.sets == [True]
+
+
+def test_a_reset_the_library_cannot_do_is_a_driver_unavailable_naming_the_adapter(bus_address, monkeypatch):
+    import sys
+    import types
+
+    async def recover_adapter(hci: int, mac: str, gone_silent: bool = False) -> bool:
+        return False
+
+    monkeypatch.setitem(sys.modules, "bluetooth_auto_recovery",
+                        types.SimpleNamespace(recover_adapter=recover_adapter))
+
+    async def main():
+        bluez = await serve(bus_address, {"hci0": FakeAdapter1()})
+        try:
+            with pytest.raises(DriverUnavailable, match=r"could not reset hci0 \(B8:27:EB:00:00:01\)"):
+                await BluezAdapterControl(bus_address=bus_address, settle_s=0).reset("hci0")
+        finally:
+            bluez.disconnect()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
