@@ -106,14 +106,22 @@ def _checkpoints(store: Storage, gateway_id: str, stream: str, key: bytes | None
 
 
 def _set_aside(store: Storage, gateway_id: str, stream: str) -> list[dict[str, Any]]:
+    """The seq ranges the gateway says it set aside: one per ``batch_set_aside`` event that
+    names ``first_seq``/``last_seq``, and one per listed range of a summary event (the
+    gateway collapses a run of refused batches into one event with ``ranges``, at most 50
+    of them; beyond that, ``ranges_complete`` is false and the rest stay unexplained)."""
     out = []
     for seq, record in store.events(gateway_id, stream, SET_ASIDE_EVENT):
         d = _details(record)
-        first, last = d.get("first_seq"), d.get("last_seq")
-        if type(first) is not int or type(last) is not int or first > last:
-            continue
-        out.append({"event_seq": seq, "first_seq": first, "last_seq": last, "count": d.get("count"),
-                    "status": d.get("status"), "reason": d.get("reason")})
+        spans = [(d.get("first_seq"), d.get("last_seq"))]
+        if "first_seq" not in d and isinstance(d.get("ranges"), list):
+            spans = [tuple(r) if isinstance(r, list) and len(r) == 2 else (None, None) for r in d["ranges"]]
+        for first, last in spans:
+            if type(first) is not int or type(last) is not int or first > last:
+                continue
+            out.append({"event_seq": seq, "first_seq": first, "last_seq": last,
+                        "count": d.get("count") if len(spans) == 1 else last - first + 1,
+                        "status": d.get("status"), "reason": d.get("reason")})
     return out
 
 

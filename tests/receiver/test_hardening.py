@@ -225,6 +225,38 @@ def test_without_a_registered_key_checkpoints_are_reported_unchecked(rx: Any) ->
     assert s["checkpoints"]["checked"] is False and s["verdict"] == "complete-and-verified"
 
 
+def test_gaps_of_refused_batches_the_gateway_collapsed_into_one_event_are_explained_by_its_ranges(rx: Any) -> None:
+    # The uplink reports the first refused batch in one batch_set_aside event, then the
+    # next ones of the same refusal episode in one summary with their ranges
+    # (agent/uplink/loop.py, _end_refusals): every one of those gaps is explained.
+    chain = Chain()
+    recs = chain.readings(15)
+    reason = "server rejected batch 4-6: HTTP 422"
+    first = chain.event("batch_set_aside", {"first_seq": 4, "last_seq": 6, "count": 3, "status": 422,
+                                            "reason": reason, "kept_locally": True})
+    summary = chain.event("batch_set_aside", {
+        "repeated": True, "batches": 2, "count": 6, "ranges": [[7, 9], [10, 12]], "ranges_complete": True,
+        "status": 422, "reason": reason, "still_refusing": False, "kept_locally": True})
+    rx.client.post(recs[:3] + recs[12:] + [first, summary])
+    s = rx.stream(chain.stream)
+    assert s["gaps"] == [[4, 12]]
+    assert [(g["first"], g["last"], g["explained"], g["set_aside_by"]) for g in s["gap_details"]] == [
+        (4, 12, True, [16, 17, 17])]
+    assert [(x["first_seq"], x["last_seq"], x["count"]) for x in s["set_aside"]] == [(4, 6, 3), (7, 9, 3), (10, 12, 3)]
+
+
+def test_a_gap_beyond_the_ranges_a_summary_lists_stays_unexplained(rx: Any) -> None:
+    chain = Chain()
+    recs = chain.readings(12)
+    summary = chain.event("batch_set_aside", {
+        "repeated": True, "batches": 51, "count": 153, "ranges": [[4, 6]], "ranges_complete": False,
+        "status": 422, "reason": "HTTP 422", "still_refusing": True, "kept_locally": True})
+    rx.client.post(recs[:3] + recs[9:] + [summary])
+    s = rx.stream(chain.stream)
+    assert s["gaps"] == [[4, 9]]
+    assert [(g["first"], g["last"], g["explained"]) for g in s["gap_details"]] == [(4, 9, False)]
+
+
 def test_a_gap_the_gateway_set_aside_is_reported_explained_with_its_reason_and_still_a_gap(rx: Any) -> None:
     from agent.receiver import render_text
 

@@ -4,8 +4,9 @@ Usage (under the *system* python3, which has Debian's ``python3-seccomp``)::
 
     /usr/bin/python3 tests/systemd/sandbox.py --unit systemd/coldgate.service [--user nobody] -- CMD ...
 
-This machine cannot boot systemd (a Firecracker VM whose PID 1 is not systemd), so the
-tests emulate the unit at the nearest boundary: the kernel's seccomp filters. systemd
+The suite does not boot systemd (this machine's PID 1 is not systemd; a container boot
+needs root, mounts and minutes: ``tests/systemd/boot_drill.sh`` does that by hand), so
+the tests emulate the unit at the nearest boundary: the kernel's seccomp filters. systemd
 builds one filter per feature and the kernel applies the most restrictive answer of all,
 and this does the same, from the unit file itself:
 
