@@ -28,16 +28,27 @@ it started and the wall-clock time since the committed state's last acceptance (
 wall clock can only widen or narrow the window, never reorder anything). The rule is
 only checked on frames whose MIC verified: a forged frame never moves the counter.
 
-The weakness that no counter rule removes: right after an accepted restart, recorded
-frames from before it carry counters the device will use again. The jump rule stops the
-obvious replay; the ``ble_counter_reset`` event marks the point in the record.
+A frame the driver accepted recently is refused whatever its counter (``replayed``): the
+last :data:`RECENT` accepted frames are remembered by counter and digest. This closes the
+likeliest attack on the widened window — record a device's frames, silence it (jam it,
+take it out of range) until the window has grown past their counters, then send them
+again as a "restart". A genuine restart cannot collide with them: the device's new frame
+at a reused counter carries other bytes (new readings, a new MIC), unless it measures the
+very same values at the very same counter, when one reading is refused and recorded.
+
+The weakness that no counter rule removes: frames recorded longer ago than the last
+:data:`RECENT` carry counters a restarted device will use again, and once the window has
+grown past them (the device unheard for long enough) they pass as a restart. The jump rule
+stops the obvious replay into the old counters right after a restart; every accepted
+restart is a ``ble_counter_reset`` event, so the record shows where to look.
 
 What is kept per sensor (JSON, a few dozen bytes; the agent commits it with the readings
 it admitted and hands it back to :meth:`drivers.base.Driver.load_state`)::
 
     {"c": last counter, "p": digest of that frame, "t": wall time of its acceptance (s),
      "b": counter before the last restart (until passed), "r": restarts accepted,
-     "k": key fingerprint, "a": last address, "m": model last identified}
+     "k": key fingerprint, "a": last address, "m": model last identified,
+     "h": the last RECENT accepted frames as "counter:digest-prefix"}
 """
 
 from __future__ import annotations
@@ -52,6 +63,9 @@ log = logging.getLogger(__name__)
 
 #: Sensors no longer configured are remembered (they may come back) up to this many.
 MAX_UNCONFIGURED = 64
+#: Accepted frames remembered per sensor (counter and an 8-hex-digit digest prefix, ~20
+#: bytes each in the committed state), refused if they come again.
+RECENT = 8
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,8 @@ class Memory:
     key_fp: str | None = None
     address: str | None = None
     model: str | None = None
+    #: the last RECENT accepted frames, oldest first, as "counter:digest-prefix"
+    recent: list[str] = field(default_factory=list)
     refusing: bool = field(default=False, compare=False)  # a run of refusals is under way
 
     def to_json(self) -> dict[str, Any]:
@@ -96,6 +112,8 @@ class Memory:
                 out[name] = value
         if self.resets:
             out["r"] = self.resets
+        if self.recent:
+            out["h"] = list(self.recent)
         return out
 
     @classmethod
@@ -112,6 +130,9 @@ class Memory:
         counter = opt("c", int)
         if counter is not None and not 0 <= counter < 2**32:
             raise ValueError(f"counter {counter} out of range")
+        recent = raw.get("h") or []
+        if not isinstance(recent, list) or not all(isinstance(x, str) for x in recent):
+            raise TypeError(f"h: {recent!r} is not a list of frames")
         wall = opt("t", int)
         # The monotonic reference the restart window needs: as long ago as the wall clock says.
         offline = max(0.0, now_wall - wall) if wall is not None else 0.0
@@ -125,7 +146,12 @@ class Memory:
             key_fp=opt("k", str),
             address=opt("a", str),
             model=opt("m", str),
+            recent=recent[-RECENT:],
         )
+
+
+def _recent_key(counter: int, frame_digest: str) -> str:
+    return f"{counter}:{frame_digest[:8]}"
 
 
 def digest(payload: bytes) -> str:
@@ -145,6 +171,8 @@ def judge(mem: Memory, counter: int, frame_digest: str, now_mono: float, policy:
         return Verdict("accept", "first")
     if counter == last:
         return Verdict("duplicate") if frame_digest == mem.digest else Verdict("refuse", "same_counter")
+    if _recent_key(counter, frame_digest) in mem.recent:
+        return Verdict("refuse", "replayed")
     bound = policy.plausible(now_mono - mem.accepted_mono)
     if counter > last:
         if mem.before_reset is not None and counter <= mem.before_reset and counter - last > bound:
@@ -164,6 +192,7 @@ def admit(mem: Memory, counter: int, frame_digest: str, verdict: Verdict, now_mo
         mem.before_reset = None  # past the old counters: nothing recorded can be mistaken any more
     mem.counter = counter
     mem.digest = frame_digest
+    mem.recent = [*mem.recent, _recent_key(counter, frame_digest)][-RECENT:]
     mem.accepted_mono = now_mono
     mem.accepted_wall = int(now_wall)
     mem.refusing = False

@@ -69,12 +69,28 @@ def test_after_a_restart_a_jump_back_into_the_old_counters_is_refused_until_pass
     assert mem.before_reset is None
 
 
+def test_a_recently_accepted_frame_sent_again_after_a_long_silence_is_refused_not_taken_for_a_restart():
+    # Record frames 4993-5000, silence the device for 5000 s (the restart window grows to
+    # 5100), send frame 4995 again: by counter alone it could be a restart; it is not.
+    mem = mem_at(4992)
+    for c in range(4993, 5001):
+        replay.admit(mem, c, f"frame-{c}-digest", replay.Verdict("accept"), now_mono=float(c - 4993),
+                     now_wall=time.time())
+    later = 7.0 + 5000
+    assert replay.judge(mem, 4995, "frame-4995-digest", later, POLICY) == replay.Verdict("refuse", "replayed")
+    # the device itself, restarted and counted to 4995 meanwhile, sends other bytes
+    assert replay.judge(mem, 4995, "a-new-frame-digest", later, POLICY).kind == "reset"
+    # only the last RECENT are remembered
+    assert len(mem.recent) == replay.RECENT
+
+
 def test_memory_round_trips_through_json_and_its_restart_window_counts_the_time_offline():
     mem = replay.Memory(counter=5000, digest="ab", accepted_wall=int(time.time()) - 3600, resets=2, key_fp="k",
-                        address=MAC, model="H5074")
+                        address=MAC, model="H5074", recent=["4999:12345678", "5000:abcdef01"])
     back = replay.Memory.from_json(mem.to_json(), now_mono=100.0, now_wall=time.time())
     assert (back.counter, back.digest, back.resets, back.key_fp, back.address, back.model) == (5000, "ab", 2, "k",
                                                                                                 MAC, "H5074")
+    assert back.recent == ["4999:12345678", "5000:abcdef01"]
     assert back.accepted_mono == pytest.approx(100.0 - 3600, abs=5)
 
 
@@ -84,6 +100,7 @@ def test_memory_round_trips_through_json_and_its_restart_window_counts_the_time_
         {"sensors": {"box-1": {"c": "5000"}}},
         {"sensors": {"box-1": {"c": -1}}},
         {"sensors": {"box-1": {"c": True}}},
+        {"sensors": {"box-1": {"c": 5, "h": "5:abcd"}}},
         {"sensors": {"box-1": []}},
         {"sensors": []},
         {"unrelated": 1},
@@ -186,6 +203,57 @@ def test_state_survives_a_second_restart_and_a_restart_window_grows_with_time_of
             air.advertise(MAC, **frame(600, 420))
             await sink.wait_for(lambda: len(sink.readings) == 1)
         assert [e for e, _ in sink.events] == ["ble_counter_reset"]
+
+    run(main())
+
+
+def test_frames_recorded_before_a_long_silence_are_refused_after_a_restart_of_the_gateway():
+    async def main():
+        air = fresh_air()
+        recorded = [frame(c, 100 + c - 4990) for c in range(4990, 4998)]  # taken off the air
+        first = make_driver(air, [SENSOR])
+        async with Running(first) as sink:
+            await air.wait_started()
+            for f in recorded:
+                air.advertise(MAC, **f)
+            await sink.wait_for(lambda: sink.committed().get("sensors", {}).get("box-1", {}).get("c") == 4997)
+        committed = sink.committed()
+        # the device is kept silent for two hours (the gateway off meanwhile): the restart
+        # window has grown past every recorded counter
+        committed["sensors"]["box-1"]["t"] -= 7200
+        second = make_driver(air, [SENSOR])
+        second.load_state(committed)
+        async with Running(second) as sink2:
+            await air.wait_started(2)
+            air.advertise(MAC, **recorded[3])  # counter 4993, sent again as a "restart"
+            air.advertise(MAC, **frame(2, 450))  # the real device, batteries swapped meanwhile
+            await sink2.wait_for(lambda: len(sink2.readings) == 1)
+        assert [r.value for r in sink2.readings] == [4.5]
+        refused = [d for e, d in sink2.events if e == "ble_counter_refused"]
+        assert [(d["counter"], d["reason"]) for d in refused] == [(4993, "replayed")]
+        assert [d["new_counter"] for e, d in sink2.events if e == "ble_counter_reset"] == [2]
+
+    run(main())
+
+
+def test_a_jump_back_into_the_counters_used_before_a_restart_is_refused_and_recorded_by_the_driver():
+    async def main():
+        air = fresh_air()
+        old = frame(4000, 0)  # recorded long ago, 0.00 °C: not among the frames remembered
+        driver = make_driver(air, [SENSOR])
+        async with Running(driver) as sink:
+            await air.wait_started()
+            for c in range(4990, 5000):
+                air.advertise(MAC, **frame(c, 500))
+            air.advertise(MAC, **frame(1, 510))  # battery swap
+            await sink.wait_for(lambda: len(sink.readings) == 11)
+            air.advertise(MAC, **old)
+            air.advertise(MAC, **frame(2, 520))
+            await sink.wait_for(lambda: len(sink.readings) == 12)
+        assert sink.readings[-1].value == 5.2 and all(r.value != 0.0 for r in sink.readings)
+        refused = [d for e, d in sink.events if e == "ble_counter_refused"]
+        assert [(d["last_counter"], d["counter"], d["reason"]) for d in refused] == [
+            (1, 4000, "jump_into_counters_before_restart")]
 
     run(main())
 
