@@ -146,3 +146,62 @@ def test_a_full_disk_is_survived_and_the_agent_recovers_by_itself(tmp_path: Path
         assert uplink.fake.duplicates < 2000  # 0.1: 50,000 duplicate receipts
         tracebacks = [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
         assert not tracebacks, [r.getMessage() for r in tracebacks]
+
+
+def test_an_agent_restarted_on_a_disk_already_full_runs_says_so_and_takes_readings_when_room_returns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 0.1 could not be restarted out of a full disk: "a restart does not help".
+    caplog.set_level(logging.INFO)
+    with tmpfs(tmp_path / "disk", 8 << 20) as disk:
+        sensors = ", ".join(f'{{ id = "p{i}", interval_s = 0.01 }}' for i in range(3))
+        cfg_path = tmp_path / "c.toml"
+        cfg_path.write_text(CONFIG.format(disk=disk, tmp=tmp_path, sensors=sensors))
+        cfg = configmod.load(cfg_path)
+        uplink = Uplink()
+        store_path = disk / "store.db"
+
+        async def first_run() -> None:
+            agent = Agent(cfg, config_path=cfg_path, transport=lambda: uplink.fake)
+            task = asyncio.create_task(agent.run())
+            await poll(lambda: agent.ready.is_set() and agent.writer.store is not None
+                       and agent.writer.store.head()[0] > 100, what="a first run's records")
+            agent.stop()
+            assert await task == 0
+
+        asyncio.run(first_run())
+        uplink.up = False  # nothing acknowledged on the full disk: no room made by the uplink
+        ballast = fill(disk)
+        assert free_bytes(disk) < (64 << 10)
+
+        async def second_run() -> dict[str, Any]:
+            agent = Agent(cfg, config_path=cfg_path, transport=lambda: uplink.fake)
+            task = asyncio.create_task(agent.run())
+            await poll(lambda: agent.ready.is_set() or task.done(), what="agent ready on the full disk")
+            assert not task.done(), "the agent must run on a full disk, not exit"
+            await poll(lambda: agent.drivers.status()["sim"]["counters"]["readings"] > 300,
+                       what="readings produced while the disk is full")
+            status = await agent.status()
+            assert status["ready"] is True
+            ballast.unlink()
+            store = await poll(lambda: agent.writer.store, what="the store open")
+            room_head = store.head()[0]
+            await poll(lambda: store.head()[0] > room_head + 200 and agent.writer.store_error is None,
+                       what="the head moving once the disk has room")
+            produced = agent.drivers.status()["sim"]["counters"]["readings"]
+            agent.stop()
+            assert await task == 0
+            return {"produced": produced}
+
+        result = asyncio.run(second_run())
+        with Store.open(store_path, gateway_id="gw-full", create=False, check=False) as s:
+            records = [r for r in s.records()]
+        events = [(r["event"], r.get("details", {})) for r in records if r["type"] == "event"]
+        started = [d for e, d in events if e == "agent_started"]
+        assert len(started) == 2, "the run on the full disk shows in the stream"
+        second = max(r["seq"] for r in records if r["type"] == "event" and r["event"] == "agent_started")
+        readings = sum(1 for r in records if r["type"] == "reading" and r["seq"] > second)
+        lost = sum(d.get("readings", d.get("count", 0)) for e, d in events if e == "data_loss")
+        # every reading of the second run is stored or counted in a data_loss event
+        assert result["produced"] - 20 <= readings + lost <= result["produced"] + 20
+        tracebacks = [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+        assert not tracebacks, [r.getMessage() for r in tracebacks]
