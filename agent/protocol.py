@@ -274,6 +274,8 @@ class StreamCheck:
     verified_checkpoints: int = 0
     signed_through: int = 0  # the highest head_seq of a verified checkpoint
     set_aside: list[dict[str, Any]] = field(default_factory=list)
+    #: a segment (``from_seq`` > 1): the prev_hash its first record links to, unverifiable here
+    anchor_prev_hash: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -294,11 +296,19 @@ class ChainVerifier:
     the record before it in its stream and its ``seq`` that one's plus one (a jump is a
     gap, a step back is a record out of order), and each ``chain_checkpoint`` must carry a
     valid signature over a ``head_hash`` equal to the hash of record ``head_seq``.
+
+    ``from_seq`` > 1 checks a segment of a stream (a shipment's range): each stream must
+    start at that seq, its first ``prev_hash`` is taken as the anchor (the hash of the
+    record before, which the file does not hold), and the records before are not a gap.
+    A checkpoint in the segment whose head is in the segment signs it all the same: the
+    links run from the segment's start to that head. Only the caller knows that a file
+    is meant to start there, so a segment is asked for, never inferred.
     """
 
-    def __init__(self, gateway_id: str | None, public_key: bytes | None) -> None:
+    def __init__(self, gateway_id: str | None, public_key: bytes | None, *, from_seq: int = 1) -> None:
         self.gateway_id = gateway_id
         self.public_key = public_key
+        self.from_seq = from_seq
         self.streams: dict[str, StreamCheck] = {}
         self._head: dict[str, tuple[int, str]] = {}
         self._hashes: dict[tuple[str, int], str] = {}
@@ -318,6 +328,14 @@ class ChainVerifier:
         s.last_seq = seq if s.last_seq is None else max(s.last_seq, seq)
         if not verify_record(record):
             self._problem(s, where, seq, "bad hash", "the hash does not match the record's content")
+        if stream not in self._head and self.from_seq > 1:
+            if seq == self.from_seq:
+                s.anchor_prev_hash = str(record.get("prev_hash"))
+                self._head[stream] = (seq - 1, s.anchor_prev_hash)
+            else:
+                self._problem(s, where, seq, "segment start",
+                              f"the stream starts at seq {seq} here, not at the seq {self.from_seq} asked for")
+                self._head[stream] = (self.from_seq - 1, "")
         prev_seq, prev_hash = self._head.get(stream, (0, ZERO_HASH))
         if seq <= prev_seq:
             self._problem(s, where, seq, "out of order", f"seq {seq} comes after seq {prev_seq}")

@@ -4,7 +4,7 @@ Reads JSON lines (one record per line, exactly as chained, with ``hash``), recom
 hash by RFC 8785, checks every link and every ``chain_checkpoint`` signature against the
 gateway's public key, and reports gaps. It uses :mod:`agent.protocol` only — not the
 store, the config or the producer's fast path — so what it says does not depend on the
-code that made the records. ``docs/verify.md`` does the same in twenty lines of Python.
+code that made the records. ``docs/verify.md`` does the same in about thirty lines of Python.
 Exit 0 only when every stream is complete and verified.
 """
 
@@ -24,8 +24,14 @@ Check an export of records (JSON lines, one record per line as chained): every h
 Ed25519 signature against the gateway's public key. Exit 0 only when every stream in the
 file is complete, verified and covered by at least one valid checkpoint; 1 otherwise.
 
-  coldgate verify shipment.jsonl --key gateway.pub --gateway gw-0042
-  coldgate verify - --key 03a107bf...31b8 --gateway gw-0042 --json < shipment.jsonl
+  coldgate verify stream.jsonl --key gateway.pub --gateway gw-0042
+  coldgate verify - --key 03a107bf...31b8 --gateway gw-0042 --json < stream.jsonl
+  coldgate verify export/chain.jsonl --key gateway.pub --gateway gw-0042 --from-seq 1812
+
+--from-seq N checks a segment that starts at seq N (a shipment's export: its README.txt
+and manifest.json give N): the records before it are not in the file and not a gap; the
+first record's prev_hash is shown as the anchor, to compare with the gateway's or the
+receiver's record N-1.
 
 --key takes a file or the key itself: PEM (-----BEGIN PUBLIC KEY-----), or the raw 32-byte
 key as 64 hex digits or base64, as `coldgate identity` prints it.
@@ -42,8 +48,20 @@ def register(sub: Any) -> None:
     p.add_argument("path", metavar="PATH", help="the export, JSON lines ('-' for stdin)")
     p.add_argument("--key", metavar="PUBKEY", required=True, help="the gateway's public key: a file, or PEM/hex/base64")
     p.add_argument("--gateway", metavar="ID", help="the gateway's id (checkpoint signatures name it)")
+    p.add_argument("--from-seq", metavar="N", type=_positive, default=1,
+                   help="the file is a segment starting at seq N (a shipment's export), not a whole stream")
     add_json_arg(p)
     p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a seq starts at 1, not {n}")
+    return n
 
 
 def _public_key(spec: str) -> bytes:
@@ -70,11 +88,11 @@ def _lines(path: str) -> Any:
         raise ProtocolError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def check(path: str, public_key: bytes, gateway_id: str | None) -> dict[str, Any]:
+def check(path: str, public_key: bytes, gateway_id: str | None, from_seq: int = 1) -> dict[str, Any]:
     """The verification result of an export, as JSON (what ``--json`` prints)."""
     from agent.protocol import ChainVerifier, key_id
 
-    verifier = ChainVerifier(gateway_id, public_key)
+    verifier = ChainVerifier(gateway_id, public_key, from_seq=from_seq)
     unreadable: list[dict[str, Any]] = []
     for n, line in enumerate(_lines(path), 1):
         if not line.strip():
@@ -93,6 +111,7 @@ def check(path: str, public_key: bytes, gateway_id: str | None) -> dict[str, Any
     return {
         "path": path,
         "gateway_id": gateway_id,
+        "from_seq": from_seq,
         "key_id": key_id(public_key),
         "verdict": "complete-and-verified" if ok else "not-verified",
         "unreadable": unreadable,
@@ -109,6 +128,9 @@ def render(result: dict[str, Any]) -> str:
     for sid, s in result["streams"].items():
         lines.append(f"  stream {sid}: {s['verdict']}")
         lines.append(f"    records     {s['records']}, seq {s['first_seq']}..{s['last_seq']}")
+        if s.get("anchor_prev_hash"):
+            lines.append(f"    segment     from seq {result['from_seq']}: records before it are not in this file; "
+                         f"seq {result['from_seq']} links to {s['anchor_prev_hash']}")
         gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in s["gaps"]) or "none"
         lines.append(f"    gaps        {gaps}")
         for sa in s["set_aside"]:
@@ -128,6 +150,6 @@ def render(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = check(args.path, _public_key(args.key), args.gateway)
+    result = check(args.path, _public_key(args.key), args.gateway, args.from_seq)
     emit(args, result, render)
     return 0 if result["verdict"] == "complete-and-verified" else 1

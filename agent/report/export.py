@@ -2,7 +2,10 @@
 
 ``records.jsonl`` holds, one per line, the RFC 8785 canonical JSON of each record without
 its ``hash`` — the very bytes the hash covers — so anyone can re-verify the chain with
-nothing but Python's ``hashlib`` and ``json`` (``README.txt`` shows how). ``hashes.txt``
+nothing but Python's ``hashlib`` and ``json`` (``README.txt`` shows how). ``chain.jsonl``
+holds the same records as sent, with ``hash``, followed by the records up to the signed
+``chain_checkpoint`` that seals the shipment: what ``coldgate verify --from-seq`` and the
+script of docs/verify.md check, signature included. ``hashes.txt``
 lists ``seq hash`` per line, ``report.json`` is the report model, ``report.pdf`` the PDF
 (when the ``report`` extra is installed), ``manifest.json`` the SHA-256 of each file.
 """
@@ -23,6 +26,7 @@ exported by {generated_by} at {generated_at}.
 
 records.jsonl  one record per line: its RFC 8785 canonical JSON without "hash",
                exactly the bytes its hash covers
+chain.jsonl    the same records as sent (with "hash"), then {seal_note}
 hashes.txt     "seq hash" per record, as the gateway computed it
 report.json    the trip report as data; report.pdf the same for people
 manifest.json  SHA-256 of each file
@@ -46,8 +50,14 @@ code of the report's first page, and the receiver's copy.
     print("head", prev, "expected {head_hash}")
 
 The first record's prev_hash ({anchor}) is the hash of seq {before}, which the gateway
-and the receiver hold: it ties this range to the rest of the stream. A full checker
-(canonical form, gaps, chain_checkpoint signatures) is described in docs/verify.md.
+and the receiver hold: it ties this range to the rest of the stream.
+
+With the gateway's public key (`coldgate identity` prints it), the full check — the
+canonical form, gaps, and the Ed25519 signature of the checkpoint that seals the range:
+
+  coldgate verify chain.jsonl --key PUBKEY --gateway {gateway} --from-seq {first_seq}
+
+or, without coldgate, the script in docs/verify.md with {first_seq} as its fourth argument.
 """
 
 
@@ -63,6 +73,10 @@ def export(sel: Selection, model: dict[str, Any], out: str | Path, *, pdf: bool 
         for rec in sel.records:
             fh.write(canonical({k: v for k, v in rec.items() if k != "hash"}) + b"\n")
             hs.write(f"{rec['seq']} {rec.get('hash')}\n")
+    with open(d / "chain.jsonl", "wb") as ch:
+        for rec in [*sel.records, *sel.seal]:
+            ch.write(canonical(rec) + b"\n")
+    sealed_by = int(sel.seal[-1]["seq"]) if sel.seal else None
     (d / "report.json").write_text(json.dumps(model, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     notes = []
     if pdf:
@@ -76,10 +90,15 @@ def export(sel: Selection, model: dict[str, Any], out: str | Path, *, pdf: bool 
     (d / "README.txt").write_text(README.format(
         shipment=sel.shipment, first_seq=sel.first_seq, last_seq=sel.last_seq, stream=sel.stream,
         gateway=model["shipment"]["gateway"], generated_by=model["generated_by"], generated_at=model["generated_at"],
-        head_hash=integ["head_hash"], anchor=integ["anchor_prev_hash"], before=sel.first_seq - 1), encoding="utf-8")
+        head_hash=integ["head_hash"], anchor=integ["anchor_prev_hash"], before=sel.first_seq - 1,
+        seal_note=(f"records {sel.last_seq + 1}-{sealed_by}, up to the chain_checkpoint (seq {sealed_by})\n"
+                   f"               that signs the range" if sealed_by is not None else
+                   "no checkpoint: none sealing this range was found (the shipment\n"
+                   "               is in progress, or the agent stopped before sealing it)")), encoding="utf-8")
     files = {p.name: _sha256(p) for p in sorted(d.iterdir()) if p.name != "manifest.json" and p.is_file()}
     manifest = {"shipment": sel.shipment, "stream": sel.stream, "first_seq": sel.first_seq, "last_seq": sel.last_seq,
                 "records": len(sel.records), "head_hash": integ["head_hash"], "anchor_prev_hash": integ["anchor_prev_hash"],
+                "sealed_by_checkpoint": sealed_by,
                 "verdict": model["verdict"]["status"], "integrity": integ["verdict"], "files": files, "notes": notes,
                 "out": str(d)}
     (d / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

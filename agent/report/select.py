@@ -9,7 +9,7 @@ gateway's own events in it (data loss, clock steps, restarts) belong in the repo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.exc import ReportError
@@ -24,6 +24,9 @@ class Selection:
     records: list[dict[str, Any]]  # ascending by seq, the whole range (gaps show as missing seqs)
     started: dict[str, Any]  # the shipment_started record
     stopped: dict[str, Any] | None  # the shipment_stopped record, None while in progress
+    #: the records after the range up to the signed chain_checkpoint that seals it (the
+    #: agent appends one when a shipment ends), empty when none is known yet
+    seal: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def first_seq(self) -> int:
@@ -32,6 +35,28 @@ class Selection:
     @property
     def last_seq(self) -> int:
         return int(self.records[-1]["seq"])
+
+
+def seals(rec: Mapping[str, Any], last_seq: int) -> bool:
+    """Whether ``rec`` is a chain_checkpoint whose head is at or after ``last_seq``."""
+    d = rec.get("details")
+    return (rec.get("type") == "event" and rec.get("event") == "chain_checkpoint" and isinstance(d, dict)
+            and type(d.get("head_seq")) is int and d["head_seq"] >= last_seq)
+
+
+def seal_of(after: Iterable[Mapping[str, Any]], last_seq: int) -> list[dict[str, Any]]:
+    """The records of ``after`` (ascending, following the range) up to the first checkpoint
+    that seals ``last_seq``; empty if none does (records missing between count as none)."""
+    out: list[dict[str, Any]] = []
+    expect = last_seq + 1
+    for rec in after:
+        if int(rec["seq"]) != expect:
+            return []
+        out.append(dict(rec))
+        if seals(rec, last_seq):
+            return out
+        expect += 1
+    return []
 
 
 def _is(rec: Mapping[str, Any], event: str, shipment: str) -> bool:
@@ -62,7 +87,8 @@ def select(records: Iterable[Mapping[str, Any]], shipment: str) -> Selection:
     lo = int(started["seq"])
     hi = int(stopped["seq"]) if stopped else None
     rng = [r for r in recs if r.get("stream") == stream and lo <= int(r["seq"]) and (hi is None or int(r["seq"]) <= hi)]
-    return Selection(shipment, stream, rng, started, stopped)
+    seal = [] if hi is None else seal_of((r for r in recs if r.get("stream") == stream and int(r["seq"]) > hi), hi)
+    return Selection(shipment, stream, rng, started, stopped, seal)
 
 
 def shipments_in(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.report.select import ReportError, Selection, find_bounds, select, shipments_in
+from agent.report.select import ReportError, Selection, find_bounds, seal_of, select, shipments_in
+
+#: how far after a shipment's stop the export looks for the checkpoint that seals it
+SEAL_LOOKAHEAD = 5000
 
 
 def from_store(store: Any, shipment: str) -> Selection:
@@ -19,9 +22,12 @@ def from_store(store: Any, shipment: str) -> Selection:
     lo = int(started["seq"])
     hi = int(stopped["seq"]) if stopped else None
     records = store.records(since_seq=lo - 1, limit=None if hi is None else hi - lo + 1)
+    seal: list[dict[str, Any]] = []
     if hi is not None:
         records = [r for r in records if int(r["seq"]) <= hi]
-    return Selection(shipment, started["stream"], records, started, stopped)
+        # the checkpoint sealing the shipment follows its stop within a commit or two
+        seal = seal_of(store.records(since_seq=hi, limit=SEAL_LOOKAHEAD), hi)
+    return Selection(shipment, started["stream"], records, started, stopped, seal)
 
 
 def from_receiver(receiver: Any, shipment: str, gateway: str | None = None) -> Selection:

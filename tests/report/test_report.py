@@ -169,7 +169,8 @@ def test_export_is_reverified_with_the_plain_python_of_its_readme(trip: dict[str
     out = tmp_path / "export"
     assert main(["export", SHIPMENT, "-c", str(trip["config"]), "--out", str(out), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
-    assert set(manifest["files"]) == {"records.jsonl", "hashes.txt", "report.json", "report.pdf", "README.txt"}
+    assert set(manifest["files"]) == {"records.jsonl", "chain.jsonl", "hashes.txt", "report.json", "report.pdf",
+                                      "README.txt"}
     readme = (out / "README.txt").read_text()
     snippet = "\n".join(line[4:] for line in readme.split("standard library only)", 1)[1].splitlines()
                         if line.startswith("    "))
