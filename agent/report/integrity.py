@@ -13,18 +13,16 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from agent.canonical import canonical, record_hash
+from agent.protocol import verify_record
 
 VERIFIED = "complete-and-verified"
 NOT_VERIFIED = "not-verified"
 
 
 def _hash_ok(rec: dict[str, Any]) -> bool:
-    body = {k: v for k, v in rec.items() if k != "hash"}
-    try:
-        return record_hash(str(rec.get("prev_hash")), canonical(body)) == rec.get("hash")
-    except (TypeError, ValueError):
-        return False
+    # through agent.protocol (rfc8785 itself), never the producer's fast path: the report
+    # judges the records, it does not trust the code that made them
+    return verify_record(rec)
 
 
 def verification_payload(*, gateway: str, stream: str, first_seq: int, last_seq: int, count: int, anchor: str,
