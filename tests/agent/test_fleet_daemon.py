@@ -143,6 +143,49 @@ def test_a_signed_config_applies_through_config_apply_and_the_inbox_and_its_vers
     asyncio.run(scenario())
 
 
+def test_the_last_good_config_is_kept_with_its_signature_beside_it_after_a_signed_apply(tmp_path: Path) -> None:
+    """``fleet/last-good.toml.sig`` beside ``last-good.toml``: the start config's signature
+    at start, the applied file's once it passed its check; byte for byte what the fleet
+    signed, still verifying under the keyring."""
+    from agent.fleet.trust import Keyring
+
+    fleet = Fleet(tmp_path)
+    kid = fleet.key("fleet")
+    section = fleet_section(fleet, window=5.0)
+    live = tmp_path / "coldgate.toml"
+    live.write_text(text(1, section))
+    fleet.sign(live, "fleet")
+    v2 = tmp_path / "v2.toml"
+    v2.write_text(text(2, section))
+    fleet.sign(v2, "fleet")
+    state = tmp_path / "fleet"  # the default state directory, beside the store
+    store = tmp_path / "store.db"
+
+    def kept(stem: str) -> tuple[bytes, bytes, dict[str, Any]]:
+        return ((state / f"{stem}.toml").read_bytes(), (state / f"{stem}.toml.sig").read_bytes(),
+                json.loads((state / f"{stem}.json").read_text())["provenance"])
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(live), config_path=live, transport=FakeTransport, trusted_uid=UID)
+        task = await start(agent)
+        data, sig, prov = kept("last-good")
+        assert data == live.read_bytes() and sig == signature_path(live).read_bytes()
+        assert prov["version"] == 1 and prov["signer"] == kid
+        verdict = await ask(agent, "apply", path=str(v2), signature=str(signature_path(v2)))
+        assert verdict["applied"] is True and verdict["health_window_s"] == 5.0
+        await poll(lambda: events(store, "config_confirmed"))
+        data, sig, prov = kept("last-good")
+        assert data == v2.read_bytes() and sig == signature_path(v2).read_bytes()
+        assert prov == {"version": 2, "sha256": sha(v2), "signer": kid, "source": str(v2)}
+        assert Keyring.load(fleet.keyring, trusted_uid=UID).verify(data, sig, source="last-good.toml") == kid
+        assert not list(state.glob("trial.*"))  # the trial's files became the last good ones
+        assert (await ask(agent, "status"))["fleet"]["last_good"]["version"] == 2
+        agent.stop()
+        assert await task == 0
+
+    asyncio.run(scenario())
+
+
 def test_unsigned_wrongly_signed_tampered_and_older_configs_are_refused_with_their_reason_and_nothing_changes(
         tmp_path: Path) -> None:
     fleet = Fleet(tmp_path)
