@@ -720,6 +720,8 @@ def _problems_from(exc: ValidationError, model: type[BaseModel], prefix: tuple[A
         elif err["type"] == "missing":
             message = "required, missing"
         else:
+            if err["type"] == "value_error":  # our validators' own words, without pydantic's "Value error, "
+                message = message.removeprefix("Value error, ")
             got = err.get("input")
             if not isinstance(got, (dict, list)):
                 message = f"{message} (got {mask_value(loc, got)!r})"

@@ -143,6 +143,49 @@ def test_a_signed_config_applies_through_config_apply_and_the_inbox_and_its_vers
     asyncio.run(scenario())
 
 
+def test_the_last_good_config_is_kept_with_its_signature_beside_it_after_a_signed_apply(tmp_path: Path) -> None:
+    """``fleet/last-good.toml.sig`` beside ``last-good.toml``: the start config's signature
+    at start, the applied file's once it passed its check; byte for byte what the fleet
+    signed, still verifying under the keyring."""
+    from agent.fleet.trust import Keyring
+
+    fleet = Fleet(tmp_path)
+    kid = fleet.key("fleet")
+    section = fleet_section(fleet, window=5.0)
+    live = tmp_path / "coldgate.toml"
+    live.write_text(text(1, section))
+    fleet.sign(live, "fleet")
+    v2 = tmp_path / "v2.toml"
+    v2.write_text(text(2, section))
+    fleet.sign(v2, "fleet")
+    state = tmp_path / "fleet"  # the default state directory, beside the store
+    store = tmp_path / "store.db"
+
+    def kept(stem: str) -> tuple[bytes, bytes, dict[str, Any]]:
+        return ((state / f"{stem}.toml").read_bytes(), (state / f"{stem}.toml.sig").read_bytes(),
+                json.loads((state / f"{stem}.json").read_text())["provenance"])
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(live), config_path=live, transport=FakeTransport, trusted_uid=UID)
+        task = await start(agent)
+        data, sig, prov = kept("last-good")
+        assert data == live.read_bytes() and sig == signature_path(live).read_bytes()
+        assert prov["version"] == 1 and prov["signer"] == kid
+        verdict = await ask(agent, "apply", path=str(v2), signature=str(signature_path(v2)))
+        assert verdict["applied"] is True and verdict["health_window_s"] == 5.0
+        await poll(lambda: events(store, "config_confirmed"))
+        data, sig, prov = kept("last-good")
+        assert data == v2.read_bytes() and sig == signature_path(v2).read_bytes()
+        assert prov == {"version": 2, "sha256": sha(v2), "signer": kid, "source": str(v2)}
+        assert Keyring.load(fleet.keyring, trusted_uid=UID).verify(data, sig, source="last-good.toml") == kid
+        assert not list(state.glob("trial.*"))  # the trial's files became the last good ones
+        assert (await ask(agent, "status"))["fleet"]["last_good"]["version"] == 2
+        agent.stop()
+        assert await task == 0
+
+    asyncio.run(scenario())
+
+
 def test_unsigned_wrongly_signed_tampered_and_older_configs_are_refused_with_their_reason_and_nothing_changes(
         tmp_path: Path) -> None:
     fleet = Fleet(tmp_path)
@@ -190,6 +233,73 @@ def test_unsigned_wrongly_signed_tampered_and_older_configs_are_refused_with_the
         assert result["verdict"] == "rejected" and result["reason"] == "bad_signature" and result["problems"]
         assert running(await ask(agent, "status")) == before
         agent.stop()
+        assert await task == 0
+
+    asyncio.run(scenario())
+
+
+def test_config_apply_refuses_a_lower_version_unless_allow_downgrade_and_then_records_the_downgrade(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the real CLI against the running agent: version 3 after version 5 is refused
+    (exit 1, reason and hint given, live file and running config untouched), then applied
+    with ``--allow-downgrade`` (status, the live file, ``config_applied`` with ``previous``),
+    and it stays: it passes its check and the next start runs it, not the higher kept one."""
+    fleet = Fleet(tmp_path)
+    kid = fleet.key("fleet")
+    section = fleet_section(fleet, window=5.0)
+    live = tmp_path / "coldgate.toml"
+    live.write_text(text(5, section))
+    fleet.sign(live, "fleet")
+    live_bytes, live_sig = live.read_bytes(), signature_path(live).read_bytes()
+    older = tmp_path / "v3.toml"
+    older.write_text(text(3, section))
+    fleet.sign(older, "fleet")
+    store = tmp_path / "store.db"
+
+    def apply(*flags: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["config", "apply", str(older), "-c", str(live), *flags])
+        return code, capsys.readouterr().out
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(live), config_path=live, transport=FakeTransport, trusted_uid=UID)
+        task = await start(agent)
+        before = running(await ask(agent, "status"))
+        assert before == {"version": 5, "sha256": sha(live), "signer": kid, "source": str(live)}
+        driver = agent.drivers.drivers["a"]
+        # 1. without the flag: refused by the running agent, with its reason
+        code, out = await asyncio.to_thread(apply, "--json")
+        verdict = json.loads(out)
+        assert code == 1 and verdict["applied"] is False and verdict["via"] == "the running agent"
+        assert verdict["reason"] == "downgrade"
+        assert verdict["problems"] == ["config_version: 3 is lower than the running 5 (raise config_version, or "
+                                       "apply with --allow-downgrade to go back on purpose)"]
+        assert verdict["running"] == {"version": 5, "sha256": before["sha256"], "signer": kid}
+        code, out = await asyncio.to_thread(apply)  # the text form says the same to a person
+        assert code == 1 and f"{live} left unchanged" in out and "3 is lower than the running 5" in out
+        assert live.read_bytes() == live_bytes and signature_path(live).read_bytes() == live_sig
+        assert running(await ask(agent, "status")) == before and agent.drivers.drivers["a"] is driver
+        assert [e["details"]["reason"] for e in events(store, "config_rejected")] == ["downgrade", "downgrade"]
+        assert not [e for e in events(store, "config_applied") if e["details"]["at"] == "apply"]
+        # 2. with it: applied, reported, recorded as going from 5 back to 3
+        code, out = await asyncio.to_thread(apply, "--allow-downgrade", "--json")
+        verdict = json.loads(out)
+        assert code == 0 and verdict["applied"] is True and verdict["version"] == 3 and verdict["signer"] == kid
+        assert live.read_bytes() == older.read_bytes()
+        assert signature_path(live).read_bytes() == signature_path(older).read_bytes()
+        assert running(await ask(agent, "status")) == {"version": 3, "sha256": sha(older), "signer": kid,
+                                                       "source": str(live)}
+        applied = events(store, "config_applied")[-1]["details"]
+        assert applied["at"] == "apply" and applied["version"] == 3 and applied["sha256"] == sha(older)
+        assert applied["previous"] == {"version": 5, "sha256": before["sha256"], "signer": kid}
+        confirmed = await poll(lambda: events(store, "config_confirmed"))
+        assert confirmed[-1]["details"]["version"] == 3 and not events(store, "config_rolled_back")
+        agent.stop()
+        assert await task == 0
+        again = Agent(configmod.load(live), config_path=live, transport=FakeTransport, trusted_uid=UID)
+        task = await start(again)
+        assert running(await ask(again, "status"))["version"] == 3  # not the kept version 5
+        again.stop()
         assert await task == 0
 
     asyncio.run(scenario())

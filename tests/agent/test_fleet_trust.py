@@ -19,6 +19,7 @@ from agent.identity import key_id
 from tests.agent.fleet_helpers import Fleet
 
 UID = os.getuid()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(tmp: Path, version: int | str = 1, extra: str = "") -> Path:
@@ -96,6 +97,19 @@ def test_a_candidate_that_requires_signatures_must_itself_be_signed(tmp_path: Pa
     f = config(tmp_path, 2, f'[fleet]\nrequire_signature = true\ntrusted_keys = "{fleet.keyring}"\n')
     with pytest.raises(ConfigRefused) as exc:
         examine(f, base_dir=tmp_path, trusted_uid=UID)
+    assert exc.value.reason == "unsigned"
+
+
+def test_the_shipped_gateway_config_requires_signed_configs_from_the_root_keyring(tmp_path: Path) -> None:
+    """config/gateway.toml, as the config loader reads it, keeps the production default:
+    ``require_signature = true`` (the library's default is false, for the demo and tests),
+    and under that policy an unsigned candidate is refused."""
+    shipped = configmod.load(ROOT / "config" / "gateway.toml")
+    assert shipped.fleet.require_signature is True
+    assert shipped.fleet.trusted_keys == Path("/etc/coldgate/trusted-keys")
+    assert configmod.loads('gateway_id = "gw"\n').fleet.require_signature is False
+    with pytest.raises(ConfigRefused) as exc:
+        examine(config(tmp_path, 2), base_dir=tmp_path, running=shipped, running_version=1)
     assert exc.value.reason == "unsigned"
 
 

@@ -1,19 +1,24 @@
 """A running agent's Prometheus metrics (scraped over real HTTP, parsed by
-``prometheus_client``'s parser) and its signed chain checkpoints."""
+``prometheus_client``'s parser; off unless configured, on loopback only) and its signed
+chain checkpoints."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import config as configmod
+from agent.cli import main
 from agent.daemon import Agent
+from agent.exc import ConfigError
 from agent.identity import key_id, load_public, verify_checkpoint
 from agent.uplink.fake import FakeTransport
 from tests.agent.test_daemon import ask, events, poll, records, start
@@ -42,6 +47,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def tcp_listeners(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on: its socket inodes looked up in /proc/net/tcp{,6}."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():
+            continue  # no IPv6
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -108,6 +134,54 @@ def test_metrics_scraped_over_http_parse_and_their_counters_move_as_readings_flo
         assert not textfile.exists()  # a stopped agent leaves no stale figures behind
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("section", ["", "[metrics]\ntextfile_interval_s = 60\n"],
+                         ids=["no-metrics-section", "metrics-section-without-listen-or-textfile"])
+def test_metrics_are_off_by_default_and_the_agent_then_opens_no_listener(tmp_path: Path, section: str) -> None:
+    """Without ``listen`` (no [metrics] at all, or the section as config/gateway.toml ships
+    it) the running agent listens on no TCP port; the same probe sees the port once
+    ``listen`` is set, and sees it closed at the stop."""
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(BASE + section)
+    cfg = configmod.load(cfg_path)
+    assert cfg.metrics.listen is None and cfg.metrics.textfile is None
+    store, pid, port = tmp_path / "store.db", os.getpid(), free_port()
+
+    async def scenario() -> None:
+        before = tcp_listeners(pid)
+        agent = Agent(cfg, config_path=cfg_path, transport=FakeTransport)
+        task = await start(agent)
+        await poll(lambda: len(records(store, type="reading")) > 10)  # running, readings flowing
+        assert tcp_listeners(pid) - before == set() and agent.metrics is None
+        agent.stop()
+        assert await task == 0
+        cfg_path.write_text(BASE + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path, transport=FakeTransport)
+        task = await start(agent)
+        assert tcp_listeners(pid) - before == {port}  # the probe does see a metrics listener
+        agent.stop()
+        assert await task == 0
+        assert tcp_listeners(pid) - before == set()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9108", "[::]:9108", "192.168.1.10:9108", "gateway.local:9108"])
+def test_a_metrics_listen_address_off_loopback_is_refused_by_config_validation_saying_why(
+        tmp_path: Path, listen: str, capsys: pytest.CaptureFixture[str]) -> None:
+    why = ("the metrics endpoint has no authentication: listen on a loopback address (127.0.0.1, ::1) and let "
+           "node_exporter's textfile or a proxy carry them further")
+    text = BASE + f'[metrics]\nlisten = "{listen}"\n'
+    with pytest.raises(ConfigError) as err:
+        configmod.loads(text, source="c.toml")
+    assert [(p.path, p.message) for p in err.value.problems] == [("metrics.listen", f"{why} (got {listen!r})")]
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    assert main(["config", "check", "--schema-only", str(f)]) == 1
+    assert f"  - metrics.listen: {why} (got {listen!r})" in capsys.readouterr().out
+    for loopback in ("127.0.0.1:9108", "[::1]:9108", "localhost:9108"):  # what it takes instead
+        assert configmod.loads(BASE + f'[metrics]\nlisten = "{loopback}"\n').metrics.listen == loopback
 
 
 def test_data_loss_is_counted_by_reason_in_the_metrics(tmp_path: Path) -> None:

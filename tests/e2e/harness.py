@@ -117,12 +117,15 @@ class ReceiverProcess:
 
 
 def write_config(tmp_path: Path, url: str | None, *, token: str = TOKEN, sim: str = "speed = 0\nlimit = 600",
-                 extra: str = "", uplink_extra: str = "") -> Path:
+                 extra: str = "", uplink_extra: str = "", gateway_id: str = "gw-e2e",
+                 config_version: int | str = 0) -> Path:
     """A config for the simulated logger; ``url=None`` leaves ``uplink.url`` out (MQTT)."""
     cfg = tmp_path / "coldgate.toml"
     url_line = "" if url is None else f'url = "{url}"'
+    version = json.dumps(config_version)  # 7 or "2026.11.2": TOML writes both as JSON does
     cfg.write_text(f"""
-gateway_id = "gw-e2e"
+gateway_id = "{gateway_id}"
+config_version = {version}
 [store]
 path = "store.db"
 commit_interval_s = 0.2
