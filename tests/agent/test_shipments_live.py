@@ -169,3 +169,52 @@ stability = { budget_s = 3600, above = 8.0 }
     assert legs == ["road", "air"]
     code, st = cli(cfg_path, "status", "SHP-CFG")
     assert code == 0 and st["leg"]["name"] == "air" and st["state"] == "in_transit"
+
+
+def text_cli(cfg: Path, *args: str) -> tuple[int, str, str]:
+    """A ``coldgate`` command in text mode, as a technician reads it: exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*args, "--config", str(cfg)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_status_text_shows_each_active_shipment_with_its_leg_sensors_and_budget_left(tmp_path: Path) -> None:
+    """4 h of budget, 30 min spent upstream and a probe in range: 3 h 30 min left, while the
+    agent runs and, as last committed, once it has stopped; a probe out of range spends live."""
+    cfg_path = write(tmp_path, BASE.replace("{setpoint}", "5.0"))
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
+        task = await start(agent)
+        code, _ = await asyncio.to_thread(cli, cfg_path, "start", "SHP-S", "--sensor", "p1", "--ignore", "0",
+                                          "--budget", "4h", "--spent-upstream", "30m", "--above", "8")
+        assert code == 0
+        code, _ = await asyncio.to_thread(cli, cfg_path, "leg", "SHP-S", "--name", "transit", "--mode", "road")
+        assert code == 0
+        # p2 is always "out of range" for this budget (at or above -100 °C): it spends while we look
+        code, _ = await asyncio.to_thread(cli, cfg_path, "start", "SHP-OUT", "--sensor", "p2", "--ignore", "0",
+                                          "--budget", "1h", "--above", "-100")
+        assert code == 0
+        for _ in range(400):  # the budget is spent from the first sample on: within 20 s at most
+            if any(s["shipment"] == "SHP-OUT" and s["stability"]["spent_s"] > 0
+                   for s in (await ask(agent, "status"))["shipments"]):
+                break
+            await asyncio.sleep(0.05)
+        code, text, _ = await asyncio.to_thread(text_cli, cfg_path, "status")
+        assert code == 0, text
+        lines = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("shipment ")}
+        assert lines["shipment SHP-S"] == ("shipment SHP-S: in_transit, leg transit (road), sensors p1, "
+                                           "budget 3 h 30 min of 4 h left")
+        assert lines["shipment SHP-OUT"] == ("shipment SHP-OUT: in_transit, leg -, sensors p2, "
+                                             "budget 59 min of 60 min left, being spent (out of range now)")
+        agent.stop()
+        await task
+
+    asyncio.run(scenario())
+    code, text, _ = text_cli(cfg_path, "status")
+    assert code == 3 and "NOT RUNNING" in text  # read from the store: the shipments as last committed
+    assert "shipment SHP-S: in_transit, leg transit (road), sensors p1, budget 3 h 30 min of 4 h left" in text
