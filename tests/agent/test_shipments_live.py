@@ -218,3 +218,25 @@ def test_status_text_shows_each_active_shipment_with_its_leg_sensors_and_budget_
     code, text, _ = text_cli(cfg_path, "status")
     assert code == 3 and "NOT RUNNING" in text  # read from the store: the shipments as last committed
     assert "shipment SHP-S: in_transit, leg transit (road), sensors p1, budget 3 h 30 min of 4 h left" in text
+
+
+def test_shipment_start_in_text_mode_warns_on_stderr_of_an_interval_en12830_does_not_allow(tmp_path: Path) -> None:
+    """p1 keeps one reading in 600 s; a 12 h trip allows 5 min (EN 12830): the technician who
+    types ``shipment start`` is told, not only the log. p2 records every sample: no warning."""
+    cfg_path = write(tmp_path, BASE.replace("{setpoint}", "5.0") + "record_interval_s = 600\n")
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
+        task = await start(agent)
+        code, out, err = await asyncio.to_thread(text_cli, cfg_path, "shipment", "start", "SHP-W", "--sensor", "p1",
+                                                 "--planned", "12h")
+        assert code == 0 and "recorded: shipment_started" in out
+        assert err == ("coldgate: warning: shipment SHP-W: p1: records every 600 s; EN 12830 allows at most 300 s "
+                       "for a 12 h trip\n")
+        code, out, err = await asyncio.to_thread(text_cli, cfg_path, "shipment", "start", "SHP-OK", "--sensor", "p2",
+                                                 "--planned", "12h")
+        assert code == 0 and "recorded: shipment_started" in out and err == ""
+        agent.stop()
+        await task
+
+    asyncio.run(scenario())
