@@ -151,7 +151,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def _start_warnings(answer: dict[str, Any]) -> list[str]:
     """The warnings the start recorded (EN 12830: a recording interval too long for the trip)."""
-    started = next((r for r in answer.get("records", []) if r.get("event") == "shipment_started"), {})
+    started: dict[str, Any] = next((r for r in answer.get("records", []) if r.get("event") == "shipment_started"), {})
     return [str(w) for w in ((started.get("details") or {}).get("en12830") or {}).get("warnings", [])]
 
 
