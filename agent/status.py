@@ -79,6 +79,7 @@ def offline(cfg: Config) -> dict[str, Any]:
             data["sensors"] = sensors
             state = store.load_state("rules") or {}
             data["alarms"] = _active_from_state(state)
+            data["shipments"] = _shipments_from_state(store.load_state("shipments"))
     except StoreError as exc:
         data["store"] = {"error": str(exc)}
     return data
@@ -87,6 +88,19 @@ def offline(cfg: Config) -> dict[str, Any]:
 def _active_from_state(state: dict[str, Any]) -> list[dict[str, Any]]:
     alarms = state.get("book", {}).get("alarms", {})
     return [a for a in alarms.values() if isinstance(a, dict)]
+
+
+def _shipments_from_state(state: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The active shipments as last committed (the book's own view of its saved state)."""
+    from agent.shipment.book import ShipmentBook
+
+    if not state:
+        return []
+    try:
+        book = ShipmentBook(state=state)
+    except (ValueError, KeyError, TypeError):  # a state this version cannot read: the agent says so at start
+        return []
+    return book.status(float(state.get("elapsed", 0.0)))
 
 
 # -- text ---------------------------------------------------------------------------
@@ -174,10 +188,39 @@ def render(data: dict[str, Any]) -> str:
         a = s.get("age_s")
         ago = "" if a is None else (f" — {age(a)} ago" if a >= 0 else f" — {age(a)}")
         lines.append(f"sensor {sid}:{miss} {vals or 'no reading yet'}{ago}")
+    lines += _shipment_lines(data)
     for a in data.get("alarms", []) or []:
         lines.append(f"ALARM {a.get('alarm_id')}: {a.get('severity')} {a.get('rule')} on {a.get('sensor_id')}, "
                      f"{a.get('state')}, since {when(a.get('started_at'))}")
     return "\n".join(lines)
+
+
+def span(seconds: float | None) -> str:
+    """A length of time as :func:`age` writes it, without a trailing zero (``4 h``, not ``4 h 0 min``)."""
+    return age(seconds).removesuffix(" 0 min").removesuffix(" 0 h")
+
+
+def _shipment_lines(data: dict[str, Any]) -> list[str]:
+    """One line per active shipment: state, leg, sensors, and the stability budget left, live."""
+    lines = []
+    for s in data.get("shipments") or []:
+        leg = s.get("leg") or {}
+        line = (f"shipment {s.get('shipment')}: {s.get('state')}, leg {leg.get('name', '-')}"
+                + (f" ({leg['mode']})" if leg.get("mode") else "")
+                + f", sensors {', '.join(s.get('sensors') or []) or '-'}")
+        if s.get("ignore_remaining_s"):
+            line += f", settling (judged in {span(s['ignore_remaining_s'])})"
+        b = s.get("stability")
+        if b:
+            line += f", budget {span(b.get('remaining_s'))} of {span(b.get('budget_s'))} left"
+            if b.get("exhausted") or b.get("remaining_s") == 0:
+                line += " — EXHAUSTED"
+            elif b.get("out_of_range_now"):
+                line += ", being spent (out of range now)"
+        if s.get("alarms"):
+            line += f"; unacknowledged alarms: {', '.join(s['alarms'])}"
+        lines.append(line)
+    return lines
 
 
 def _fleet_lines(data: dict[str, Any]) -> list[str]:

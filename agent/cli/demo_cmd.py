@@ -99,14 +99,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                            stdout=subprocess.DEVNULL, stderr=log_file, check=False)
         _stop(receiver)
         log_file.close()
-    reports = _report(cfg_path, shipment, data_dir) if shipment else []
+    written, failed = _report(cfg_path, shipment, data_dir) if shipment else ([], [])
     if args.json:
-        print(json.dumps({"receiver": _receiver_report(rx_db, cfg), "shipment": shipment, "trip_report": reports}))
+        print(json.dumps({"receiver": _receiver_report(rx_db, cfg), "shipment": shipment, "trip_report": written,
+                          "trip_report_not_written": failed}))
     else:
         print(_final(rx_db, cfg))
         if shipment:
-            print(f"trip report of {shipment}: {' and '.join(reports)}" if reports else
-                  f"no trip report for {shipment}; see {log_file.name}")
+            _say_report(shipment, written, failed)
     return 130 if interrupted else 0
 
 
@@ -149,22 +149,39 @@ def _stop_shipment(cfg: Any, sid: str) -> None:
         client.request("shipment", action="stop", shipment=sid, by="demo")
 
 
-def _report(cfg_path: Path, sid: str, data_dir: Path) -> list[str]:
-    """Write the trip report beside the demo's data; the PDF when its extra is installed."""
+def _report(cfg_path: Path, sid: str, data_dir: Path) -> tuple[list[str], list[str]]:
+    """Write the trip report beside the demo's data; the PDF when its extra is installed.
+
+    Returns the files written and, for each one that was not, what and why (``coldgate
+    report`` says why on stderr, exit code 1).
+    """
     import importlib.util
 
-    html = data_dir / f"{sid}.html"
-    written = []
+    written: list[str] = []
+    failed: list[str] = []
     base = [sys.executable, "-m", "agent", "report", sid, "--config", str(cfg_path)]
-    if subprocess.run([*base, "--html", str(html)], capture_output=True, check=False).returncode in (0, 1):
-        written.append(str(html))
+    outputs = [("HTML", "--html", data_dir / f"{sid}.html")]
     if importlib.util.find_spec("fpdf") is not None:
-        pdf = data_dir / f"{sid}.pdf"
-        if subprocess.run([*base, "--pdf", str(pdf)], capture_output=True, check=False).returncode in (0, 1):
-            written.append(str(pdf))
+        outputs.append(("PDF", "--pdf", data_dir / f"{sid}.pdf"))
     else:
-        written.append("(install coldgate[report] for the PDF)")
-    return written
+        failed.append("PDF: the PDF report needs the 'report' extra: pip install 'coldgate[report]'")
+    for kind, flag, path in outputs:
+        done = subprocess.run([*base, flag, str(path)], capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            written.append(str(path))
+            continue
+        said = [line for line in done.stderr.splitlines() if line.strip()]
+        why = said[-1].removeprefix("coldgate: ") if said else f"coldgate report exited with {done.returncode}"
+        failed.append(f"{kind} {path}: {why}")
+    return written, failed
+
+
+def _say_report(sid: str, written: list[str], failed: list[str]) -> None:
+    """Where the trip report is; what could not be written, and why, on stderr."""
+    if written:
+        print(f"trip report of {sid}: {' and '.join(written)}")
+    for f in failed:
+        print(f"coldgate demo: the trip report of {sid} could not be written: {f}", file=sys.stderr)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

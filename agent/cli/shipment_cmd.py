@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     answer = _call(cfg, "start", spec=_spec(args), by=args.by)
     emit(args, answer, _text_change)
+    if not args.json:  # with --json they are in the answer (shipment_started.details.en12830.warnings)
+        for w in _start_warnings(answer):
+            print(f"coldgate: warning: shipment {args.shipment}: {w}", file=sys.stderr)
     return 0
+
+
+def _start_warnings(answer: dict[str, Any]) -> list[str]:
+    """The warnings the start recorded (EN 12830: a recording interval too long for the trip)."""
+    started: dict[str, Any] = next((r for r in answer.get("records", []) if r.get("event") == "shipment_started"), {})
+    return [str(w) for w in ((started.get("details") or {}).get("en12830") or {}).get("warnings", [])]
 
 
 def cmd_change(args: argparse.Namespace) -> int:

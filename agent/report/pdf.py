@@ -346,7 +346,8 @@ def render(model: dict[str, Any], path: str) -> None:
                  f"{dur(st.get('remaining_s'))} remaining" + (" - EXHAUSTED" if st.get("exhausted") else "") + ".")
     if ft:
         pdf.para(f"Freeze-thaw cycles (frozen <= {ft['freeze_at']} Cel, thawed >= {ft['thaw_at']} Cel): "
-                 + ", ".join(f"{k} {v}" for k, v in ft["cycles"].items()) + f"; allowed {ft.get('max_cycles', '-')}.")
+                 + ", ".join(f"{k} {v}" for k, v in ft["cycles"].items())
+                 + f"; allowed {'no limit set' if ft.get('max_cycles') is None else ft['max_cycles']}.")
     pdf.para(f"{en['standard']}: a trip of {dur(en['planned_duration_s'] or sh['duration_s'])} allows a recording "
              f"interval of at most {dur(en['max_interval_s'])}. " + "; ".join(
                  f"{x['id']} {num(x['used_s'], 0)} s {'OK' if x['ok'] else 'TOO LONG'}" for x in en["sensors"]))

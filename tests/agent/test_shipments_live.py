@@ -169,3 +169,74 @@ stability = { budget_s = 3600, above = 8.0 }
     assert legs == ["road", "air"]
     code, st = cli(cfg_path, "status", "SHP-CFG")
     assert code == 0 and st["leg"]["name"] == "air" and st["state"] == "in_transit"
+
+
+def text_cli(cfg: Path, *args: str) -> tuple[int, str, str]:
+    """A ``coldgate`` command in text mode, as a technician reads it: exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*args, "--config", str(cfg)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_status_text_shows_each_active_shipment_with_its_leg_sensors_and_budget_left(tmp_path: Path) -> None:
+    """4 h of budget, 30 min spent upstream and a probe in range: 3 h 30 min left, while the
+    agent runs and, as last committed, once it has stopped; a probe out of range spends live."""
+    cfg_path = write(tmp_path, BASE.replace("{setpoint}", "5.0"))
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
+        task = await start(agent)
+        code, _ = await asyncio.to_thread(cli, cfg_path, "start", "SHP-S", "--sensor", "p1", "--ignore", "0",
+                                          "--budget", "4h", "--spent-upstream", "30m", "--above", "8")
+        assert code == 0
+        code, _ = await asyncio.to_thread(cli, cfg_path, "leg", "SHP-S", "--name", "transit", "--mode", "road")
+        assert code == 0
+        # p2 is always "out of range" for this budget (at or above -100 °C): it spends while we look
+        code, _ = await asyncio.to_thread(cli, cfg_path, "start", "SHP-OUT", "--sensor", "p2", "--ignore", "0",
+                                          "--budget", "1h", "--above", "-100")
+        assert code == 0
+        for _ in range(400):  # the budget is spent from the first sample on: within 20 s at most
+            if any(s["shipment"] == "SHP-OUT" and s["stability"]["spent_s"] > 0
+                   for s in (await ask(agent, "status"))["shipments"]):
+                break
+            await asyncio.sleep(0.05)
+        code, text, _ = await asyncio.to_thread(text_cli, cfg_path, "status")
+        assert code == 0, text
+        lines = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("shipment ")}
+        assert lines["shipment SHP-S"] == ("shipment SHP-S: in_transit, leg transit (road), sensors p1, "
+                                           "budget 3 h 30 min of 4 h left")
+        assert lines["shipment SHP-OUT"] == ("shipment SHP-OUT: in_transit, leg -, sensors p2, "
+                                             "budget 59 min of 60 min left, being spent (out of range now)")
+        agent.stop()
+        await task
+
+    asyncio.run(scenario())
+    code, text, _ = text_cli(cfg_path, "status")
+    assert code == 3 and "NOT RUNNING" in text  # read from the store: the shipments as last committed
+    assert "shipment SHP-S: in_transit, leg transit (road), sensors p1, budget 3 h 30 min of 4 h left" in text
+
+
+def test_shipment_start_in_text_mode_warns_on_stderr_of_an_interval_en12830_does_not_allow(tmp_path: Path) -> None:
+    """p1 keeps one reading in 600 s; a 12 h trip allows 5 min (EN 12830): the technician who
+    types ``shipment start`` is told, not only the log. p2 records every sample: no warning."""
+    cfg_path = write(tmp_path, BASE.replace("{setpoint}", "5.0") + "record_interval_s = 600\n")
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
+        task = await start(agent)
+        code, out, err = await asyncio.to_thread(text_cli, cfg_path, "shipment", "start", "SHP-W", "--sensor", "p1",
+                                                 "--planned", "12h")
+        assert code == 0 and "recorded: shipment_started" in out
+        assert err == ("coldgate: warning: shipment SHP-W: p1: records every 600 s; EN 12830 allows at most 300 s "
+                       "for a 12 h trip\n")
+        code, out, err = await asyncio.to_thread(text_cli, cfg_path, "shipment", "start", "SHP-OK", "--sensor", "p2",
+                                                 "--planned", "12h")
+        assert code == 0 and "recorded: shipment_started" in out and err == ""
+        agent.stop()
+        await task
+
+    asyncio.run(scenario())

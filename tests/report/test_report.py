@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,8 @@ from agent.report import build, render_html, render_pdf
 from agent.report.pdf import dur, num, short, when
 from agent.report.source import from_receiver, from_store, source_of_store
 from agent.store import Store
-from tests.report.trip import GATEWAY, T0, H, make_gap
+from agent.timebase import parse_rfc3339, rfc3339
+from tests.report.trip import GATEWAY, T0, H, make_gap, temperature
 from tests.report.trip import build as build_trip
 
 pytestmark = pytest.mark.skipif(shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
@@ -202,3 +205,187 @@ def test_a_shipment_in_progress_is_reported_so_far(tmp_path: Path) -> None:
     assert any("has not been stopped" in r for r in model["verdict"]["reasons"])
     assert model["integrity"]["verdict"] == "complete-and-verified"
     assert "<h1>Trip report SHP-TRIP-1</h1>" in render_html(model)
+
+
+# -- each field of the header, summary, alarm table and standards, computed from the trip ---------------------
+
+
+def _flat_pdf(model: dict[str, Any], tmp_path: Path) -> str:
+    pdf = tmp_path / "r.pdf"
+    render_pdf(model, str(pdf))
+    return " ".join(_pdf_text(pdf).split())
+
+
+def _readings(recs: list[dict[str, Any]], sid: str) -> list[tuple[float, float]]:
+    """``(t, value)`` of the sensor's readings in the store, oldest first."""
+    return sorted((parse_rfc3339(r["ts"]), float(r["value"])) for r in recs
+                  if r.get("type") == "reading" and r.get("sensor_id") == sid)
+
+
+def _spans(pts: list[tuple[float, float]], end: float) -> list[tuple[float, float]]:
+    """``(seconds held, value)`` of each reading: a value holds until the next one (or the end)."""
+    return [((pts[i + 1][0] if i + 1 < len(pts) else end) - t, v) for i, (t, v) in enumerate(pts)]
+
+
+def _stopped_at(recs: list[dict[str, Any]]) -> float:
+    return parse_rfc3339(next(r for r in recs if r.get("event") == "shipment_stopped")["ts"])
+
+
+def test_pdf_header_gives_each_leg_its_start_end_and_duration_from_the_leg_events(
+        trip: dict[str, Any], tmp_path: Path) -> None:
+    flat = _flat_pdf(_gateway_model(trip), tmp_path)
+    recs = trip["records"]
+    legs = [r for r in recs if r.get("event") == "shipment_leg"]
+    stopped = next(r for r in recs if r.get("event") == "shipment_stopped")
+    assert [leg["ts"] for leg in legs] == [rfc3339(T0), rfc3339(T0 + H), rfc3339(T0 + 11 * H)]  # as the trip ran
+    for leg, end in zip(legs, [x["ts"] for x in legs[1:]] + [stopped["ts"]], strict=True):
+        d = leg["details"]
+        took = parse_rfc3339(end) - parse_rfc3339(leg["ts"])
+        row = (f"{d['index']} {d['leg']} {d['kind']} {d['mode']} {short(leg['ts'])} {short(end)} {dur(took)} "
+               f"{', '.join(d['alarms']['mute']) or '-'}")
+        assert row in flat, row
+
+
+def test_pdf_header_lists_each_sensors_limits_as_its_profile_sets_them(trip: dict[str, Any], tmp_path: Path) -> None:
+    from agent.rules.config import RulesConfig
+
+    flat = _flat_pdf(_gateway_model(trip), tmp_path)
+    rules = {n: r.model_dump(mode="json") for n, r in RulesConfig().profile("2-8C").active_rules().items()}
+    keys = ("limit", "above", "below", "low", "high", "delay_s", "budget_s", "window_s", "hysteresis", "severity")
+    want = {n: {"type": r["type"], **{k: r[k] for k in keys if r.get(k) is not None}} for n, r in rules.items()
+            if r["type"] in ("above", "below", "budget", "mkt")}
+    assert {"high", "low", "pre_high", "time_out_of_range", "mkt"} <= set(want)
+
+    def value(v: str) -> Any:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    for sid in ("p1", "p2"):
+        found = re.search(rf"{sid} limits \(2-8C\): (.*?)(?= p\d limits \(| Summary per sensor)", flat)
+        assert found, sid
+        shown = {}
+        for part in found.group(1).split("; "):
+            name, rest = part.split(": ", 1)
+            typ, *kv = rest.split(" ")
+            shown[name] = {"type": typ, **{kv[i]: value(kv[i + 1]) for i in range(0, len(kv), 2)}}
+        assert shown == {n: {k: value(str(v)) for k, v in r.items()} for n, r in want.items()}, sid
+
+
+def test_pdf_summary_gives_each_sensors_time_weighted_mean_elapsed_time_and_time_in_each_zone(
+        trip: dict[str, Any], tmp_path: Path) -> None:
+    """From the readings in the store: a value holds until the next reading; the zones lie
+    between the profile's temperature bounds (2, 7.5, 8 °C; a value on a bound is above it)."""
+    flat = _flat_pdf(_gateway_model(trip), tmp_path)
+    recs = trip["records"]
+    end = _stopped_at(recs)
+    zones = (("< 2", -math.inf, 2.0), ("2 .. < 7.5", 2.0, 7.5), ("7.5 .. < 8", 7.5, 8.0), (">= 8", 8.0, math.inf))
+    for sid in ("p1", "p2"):
+        pts = _readings(recs, sid)
+        spans = _spans(pts, end)
+        mean = sum(s * v for s, v in spans) / sum(s for s, _ in spans)
+        elapsed = pts[-1][0] - pts[0][0]
+        in_zone = [(label, sum(s for s, v in spans if lo <= v < hi)) for label, lo, hi in zones]
+        zone_text = "; ".join(f"{label}: {dur(t)}" for label, t in in_zone if t)
+        row = f"{num(mean)} {len(pts)} {dur(elapsed)} {zone_text}"
+        assert re.search(rf"{sid} temperature \(Cel\) \S+ \S+ \S+ \S+ \S+ \S+ {re.escape(row)}", flat), (sid, row)
+    # the excursions are where the trip put them: p1 40 min at or above 8 °C, p2 30 min below 2 °C
+    assert ">= 8: 40 min 00 s" in flat and "< 2: 30 min 00 s" in flat
+
+
+def test_pdf_alarm_table_gives_the_cumulative_rule_its_budget_time_out_excursions_and_status(
+        trip: dict[str, Any], tmp_path: Path) -> None:
+    """``time_out_of_range`` (2-8C: 1 h at or beyond 8 °C or 2 °C, in total): the time out
+    summed from the readings, each excursion, and OK where no alarm of it was recorded."""
+    from agent.rules.config import RulesConfig
+
+    flat = _flat_pdf(_gateway_model(trip), tmp_path)
+    recs = trip["records"]
+    end = _stopped_at(recs)
+    rule = RulesConfig().profile("2-8C").active_rules()["time_out_of_range"].model_dump(mode="json")
+    above, below, budget = rule["above"], rule["below"], rule["budget_s"]
+    for sid in ("p1", "p2"):
+        pts = _readings(recs, sid)
+        time_out = sum(s for s, v in _spans(pts, end) if v >= above or v <= below)
+        runs: list[tuple[int, int]] = []  # (first, last) index of consecutive readings out of range
+        for i, (_, v) in enumerate(pts):
+            if v >= above or v <= below:
+                if runs and runs[-1][1] == i - 1:
+                    runs[-1] = (runs[-1][0], i)
+                else:
+                    runs.append((i, i))
+        raised = [r for r in recs if r.get("type") == "alarm" and r.get("sensor_id") == sid
+                  and r.get("rule") == "time_out_of_range" and r["state"] == "raised"]
+        status = "ALARM" if raised else "OK"
+        assert time_out < budget and status == "OK"  # the trip spends 40 and 30 min of the hour
+        row = (f"{sid} time_out_of_range cumulative above {above:g} below {below:g} {dur(budget)} {dur(time_out)} "
+               f"{len(runs)} {status} -")
+        assert row in flat, row
+        for n, (first, last) in enumerate(runs, 1):
+            begin, back = pts[first][0], pts[last + 1][0]  # back: the first reading in range again
+            peak = max((v for _, v in pts[first:last + 1]), key=lambda v: abs(v - (above if v >= above else below)))
+            line = (f"{sid} time_out_of_range {n} {short(rfc3339(begin))} {short(rfc3339(back))} {dur(back - begin)} "
+                    f"{num(peak)}")
+            assert line in flat, line
+
+
+FREEZES = ((6 * H, 6 * H + 1200), (8 * H, 8 * H + 1200))  # p2 below 0 °C twice for 20 min
+
+
+def _freezing(sid: str, t: float) -> float:
+    if sid == "p2" and any(a <= t < b for a, b in FREEZES):
+        return -1.0
+    return temperature(sid, t)
+
+
+@pytest.mark.parametrize("max_cycles", [1, None])
+def test_pdf_counts_the_freeze_thaw_cycles_the_readings_show_against_the_cycles_allowed(
+        tmp_path: Path, max_cycles: int | None) -> None:
+    ft = {"freeze_at": 0.0, "thaw_at": 2.0, "max_cycles": max_cycles}
+    t = build_trip(tmp_path / "s.db", value=_freezing, ack=False, spec_extra={"freeze_thaw": ft})
+    model = build(from_store(t.store, SHIPMENT), source=source_of_store(t.store), generated_at=FIXED)
+    recs = t.store.records()
+    t.store.close()
+    flat = _flat_pdf(model, tmp_path)
+    armed = T0 + 600  # cycles count once the ignore period is over
+    cycles = {}
+    for sid in ("p1", "p2"):
+        frozen, n = False, 0
+        for ts, v in _readings(recs, sid):
+            if v <= ft["freeze_at"]:
+                frozen = True
+            elif v >= ft["thaw_at"] and frozen:
+                frozen, n = False, n + (ts >= armed)
+        cycles[sid] = n
+    assert cycles == {"p1": 0, "p2": 2}
+    allowed = "no limit set" if max_cycles is None else f"{max_cycles}"
+    assert (f"Freeze-thaw cycles (frozen <= 0 Cel, thawed >= 2 Cel): p1 {cycles['p1']}, p2 {cycles['p2']}; "
+            f"allowed {allowed}.") in flat
+    reason = f"{max(cycles.values())} freeze-thaw cycle(s)" + (f", more than the {max_cycles} allowed"
+                                                                if max_cycles is not None else "")
+    assert reason in model["verdict"]["reasons"] and reason in flat
+
+
+def test_pdf_marks_a_recording_interval_too_long_for_en12830_and_says_why(tmp_path: Path) -> None:
+    """A 12 h trip recorded every 10 min: EN 12830 allows 5 min for trips under 24 h."""
+    t = build_trip(tmp_path / "s.db", interval_s=600.0, ack=False)
+    model = build(from_store(t.store, SHIPMENT), source=source_of_store(t.store), generated_at=FIXED)
+    recs = t.store.records()
+    t.store.close()
+    flat = _flat_pdf(model, tmp_path)
+    started = next(r for r in recs if r.get("event") == "shipment_started")["details"]
+    assert started["planned_duration_s"] == 12 * H
+    allowed = 300.0  # EN 12830: 5 min for a trip shorter than 24 h
+    used = {}
+    for sid in ("p1", "p2"):
+        pts = _readings(recs, sid)
+        used[sid] = statistics.median(b[0] - a[0] for a, b in zip(pts, pts[1:], strict=False))
+    assert used == {"p1": 600.0, "p2": 600.0}
+    assert (f"EN 12830 (transport recorders): a trip of {dur(12 * H)} allows a recording interval of at most "
+            f"{dur(allowed)}. p1 {used['p1']:.0f} s TOO LONG; p2 {used['p2']:.0f} s TOO LONG") in flat
+    for sid in ("p1", "p2"):
+        reason = f"{sid}: recorded every {used[sid]:g} s, EN 12830 allows {allowed:g} s for this trip"
+        assert reason in model["verdict"]["reasons"] and reason in flat
+    # the warning given at start, in the stream
+    assert [w.split(":")[0] for w in started["en12830"]["warnings"]] == ["p1", "p2"]

@@ -20,7 +20,7 @@ from agent.rules.engine import RuleEngine, Sample
 from agent.shipment import ShipmentBook, ShipmentSpec, stamp
 from agent.store import Store
 
-T0 = 1_795_000_000.0  # 2026-11-18T09:46:40Z
+T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 GATEWAY = "gw-trip-1"
 H = 3600.0
 
@@ -87,8 +87,12 @@ def temperature(sid: str, t: float) -> float:
 
 def build(path: Path, *, hours: float = 12.0, interval_s: float = 60.0, sensors: tuple[str, ...] = ("p1", "p2"),
           gps_every_s: float = 300.0, value: Callable[[str, float], float] = temperature,
-          ack: bool = True, handover: bool = True, stop: bool = True) -> Trip:
-    """Write the trip into a new store at ``path``; returns it (store left open)."""
+          ack: bool = True, handover: bool = True, stop: bool = True,
+          spec_extra: dict[str, Any] | None = None) -> Trip:
+    """Write the trip into a new store at ``path``; returns it (store left open).
+
+    ``spec_extra``: more of the shipment's spec (``freeze_thaw``, …), over the defaults here.
+    """
     store = Store.open(path, gateway_id=GATEWAY)
     book = ShipmentBook(gateway_id=GATEWAY, agent_version="0.1.0")
     engine = RuleEngine(RulesConfig(), {s: "2-8C" for s in sensors})
@@ -100,7 +104,8 @@ def build(path: Path, *, hours: float = 12.0, interval_s: float = 60.0, sensors:
         "legs": [{"name": "packing", "kind": "origin", "mode": "road", "mute": ["pre_high"]},
                  {"name": "BSL-JFK", "kind": "transit", "mode": "air"},
                  {"name": "receiving", "kind": "destination", "mode": "road"}],
-        "stability": {"budget_s": 4 * H, "spent_upstream_s": 1800, "above": 8.0, "below": 2.0}})
+        "stability": {"budget_s": 4 * H, "spent_upstream_s": 1800, "above": 8.0, "below": 2.0},
+        **(spec_extra or {})})
     infos = [{"id": s, "label": f"probe {s}", "record_interval_s": interval_s, "profile": "2-8C",
               "calibration": {"certificate": f"CAL-{s}", "due": "2026-01-31" if s == "p2" else "2027-06-30"}}
              for s in sensors]

@@ -237,3 +237,21 @@ def test_start_records_an_en12830_warning_for_a_slow_sensor():
     check = out[0]["details"]["en12830"]
     assert check["max_interval_s"] == 300.0
     assert len(check["warnings"]) == 1 and check["warnings"][0].startswith("p1: records every 600 s")
+
+
+@pytest.mark.parametrize(("planned_h", "allowed_s"), [
+    (23.9, 300.0),      # under 24 h: 5 min
+    (24.0, 900.0),      # 1 to 7 days: 15 min, from the first day on
+    (6.9 * 24, 900.0),
+    (8 * 24, 3600.0),   # beyond 7 days: 60 min
+    (30 * 24, 3600.0),
+])
+def test_en12830_allows_5_15_or_60_min_by_trip_length_and_warns_of_a_sensor_slower_than_that(
+        planned_h: float, allowed_s: float) -> None:
+    sensors = [{"id": "at", "record_interval_s": allowed_s}, {"id": "over", "record_interval_s": allowed_s + 60}]
+    out = ShipmentBook().start(spec(sensors=["at", "over"], planned_duration_s=planned_h * H), elapsed=0.0,
+                               sensors=sensors)
+    check = out[0]["details"]["en12830"]
+    assert check["max_interval_s"] == allowed_s
+    assert check["warnings"] == [f"over: records every {allowed_s + 60:g} s; EN 12830 allows at most {allowed_s:g} s "
+                                 f"for a {planned_h:g} h trip"]
