@@ -2,8 +2,9 @@
 
 EN 12830 (temperature recorders for transport, storage and distribution), clause 4.9.2.2
 of the 1999 edition, as quoted by recorder makers' compliance matrices: the maximum
-recording interval of a *transport* recorder is 5 min for trips shorter than 24 h,
-15 min for 1 to 7 days, and 60 min beyond. Sources in ``docs/shipments.md``.
+recording interval of a *transport* recorder is 5 min for trips of up to 24 h,
+15 min for 1 to 7 days, and 60 min beyond (a bound takes the stricter). Sources in
+``docs/shipments.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ EN12830_TRANSPORT = ((DAY, 300.0), (7 * DAY, 900.0), (float("inf"), 3600.0))
 def en12830_max_interval(duration_s: float) -> float:
     """The longest recording interval EN 12830 allows a transport recorder for a trip of ``duration_s``."""
     for longest, interval in EN12830_TRANSPORT:
-        if duration_s < longest:
+        if duration_s <= longest:  # "up to 1 day", "1 to 7 days": a bound takes the stricter interval
             return interval
     return EN12830_TRANSPORT[-1][1]  # pragma: no cover - the last bound is infinite
 

@@ -240,9 +240,10 @@ def test_start_records_an_en12830_warning_for_a_slow_sensor():
 
 
 @pytest.mark.parametrize(("planned_h", "allowed_s"), [
-    (23.9, 300.0),      # under 24 h: 5 min
-    (24.0, 900.0),      # 1 to 7 days: 15 min, from the first day on
-    (6.9 * 24, 900.0),
+    (23.9, 300.0),      # up to 24 h: 5 min
+    (24.0, 300.0),      # a trip of exactly one day is still "up to 1 day"
+    (24.5, 900.0),      # 1 to 7 days: 15 min
+    (7 * 24, 900.0),    # exactly 7 days is still "1 to 7 days"
     (8 * 24, 3600.0),   # beyond 7 days: 60 min
     (30 * 24, 3600.0),
 ])
