@@ -114,11 +114,7 @@ class DriverSet:
         for name, dc in self._configs.items():
             d = self.drivers.get(name)
             if d is not None:
-                st = d.status.as_dict()
-                for k in ("last_error_at", "failing_since", "recovered_at", "next_retry_at"):
-                    if isinstance(st.get(k), (int, float)):
-                        st[k] = rfc3339(st[k])
-                out[name] = {"type": d.type_name, **st}
+                out[name] = {"type": d.type_name, **_dated(d.status.as_dict())}
             elif name in self.errors:
                 out[name] = {"type": dc.type, "state": "unavailable", "last_error": self.errors[name]}
             else:  # enabled but not built yet: its saved state is being loaded
@@ -129,4 +125,21 @@ class DriverSet:
         return all(t.done() is False for t in self._tasks.values())
 
 
-__all__ = ["DriverSet"]
+#: the keys of a driver's status, at any depth of its details, that hold a wall time: epoch
+#: seconds inside the driver, RFC 3339 in what ``status`` answers (``--json`` included)
+TIME_KEYS = frozenset({"last_error_at", "failing_since", "recovered_at", "next_retry_at", "last_heard",
+                       "last_reading_at", "last_advertisement_at", "at"})
+
+
+def _dated(value: Any, key: str | None = None) -> Any:
+    """A copy of a driver's status with every wall time in it as RFC 3339."""
+    if isinstance(value, dict):
+        return {k: _dated(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_dated(v) for v in value]
+    if key in TIME_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return rfc3339(value)
+    return value
+
+
+__all__ = ["TIME_KEYS", "DriverSet"]

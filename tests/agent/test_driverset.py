@@ -57,3 +57,32 @@ def test_apply_restarts_only_the_driver_whose_options_changed() -> None:
         await ds.stop_all()
 
     asyncio.run(scenario())
+
+
+def test_status_gives_every_wall_time_in_a_drivers_details_as_rfc3339_and_leaves_other_numbers() -> None:
+    # A BLE driver keeps epoch seconds at several depths of its details (per sensor, per
+    # adapter, in the last reset); status --json promises RFC 3339 for every time.
+    from agent.timebase import rfc3339
+
+    async def scenario() -> None:
+        intake = Intake(Stamper(Clock("assume_synced")))
+
+        async def load_state(name: str) -> Mapping[str, Any] | None:
+            return None
+
+        ds = DriverSet(intake, load_state)
+        await ds.start([sim("a")])
+        t = 1_796_000_000.25
+        st = ds.drivers["a"].status
+        st.details.update({
+            "last_advertisement_at": t, "sensors": {"box-1": {"last_heard": t, "last_reading_at": t, "rssi": -71}},
+            "adapters": {"hci0": {"resets": 1, "last_reset": {"at": t, "step": "power_cycle", "ok": True}}}})
+        d = ds.status()["a"]["details"]
+        assert d["last_advertisement_at"] == rfc3339(t) and d["last_advertisement_at"].endswith("Z")
+        assert d["sensors"]["box-1"] == {"last_heard": rfc3339(t), "last_reading_at": rfc3339(t), "rssi": -71}
+        assert d["adapters"]["hci0"] == {"resets": 1, "last_reset": {"at": rfc3339(t), "step": "power_cycle",
+                                                                      "ok": True}}
+        assert isinstance(st.details["sensors"]["box-1"]["last_heard"], float), "the driver's own copy is untouched"
+        await ds.stop_all()
+
+    asyncio.run(scenario())
