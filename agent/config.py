@@ -160,14 +160,14 @@ class MqttConfig(Model):
     @field_validator("broker")
     @classmethod
     def _broker(cls, v: str) -> str:
-        from agent.uplink.mqtt_wire import parse_broker_url
+        from agent.mqtt.wire import parse_broker_url
 
         return str(parse_broker_url(v))
 
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        from agent.uplink.mqtt_wire import check_prefix
+        from agent.mqtt.wire import check_prefix
 
         return check_prefix(v)
 

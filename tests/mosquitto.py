@@ -155,7 +155,7 @@ class Responder:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from agent.uplink import mqtt_wire as wire
+        from agent.mqtt import wire
 
         self.wire = wire
         self.prefix = prefix

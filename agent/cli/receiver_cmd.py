@@ -236,9 +236,9 @@ def _consumer(args: argparse.Namespace, receiver: Any) -> Any:
     from agent.receiver import ReceiverError
 
     try:
+        from agent.mqtt.session import tls_context
+        from agent.mqtt.wire import parse_broker_url
         from agent.receiver.mqtt import MqttConsumer
-        from agent.uplink.mqtt_session import tls_context
-        from agent.uplink.mqtt_wire import parse_broker_url
 
         url = parse_broker_url(args.mqtt)
     except ImportError:

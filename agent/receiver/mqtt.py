@@ -4,7 +4,7 @@ Subscribes to ``$share/<group>/<prefix>/+/batches`` (an MQTT 5 shared subscripti
 broker hands each batch to one consumer of the group, so several consumers split a
 fleet's load), and for each message, on one worker thread, in order:
 
-1. takes the envelope apart (:mod:`agent.uplink.mqtt_wire`) and validates the body with
+1. takes the envelope apart (:mod:`agent.mqtt.wire`) and validates the body with
    :func:`agent.receiver.validate.validate_batch`, exactly as ``POST /v1/batches`` does;
    the topic's gateway id must be the batch's ``gateway_id`` (else a 403 answer);
 2. stores it with :meth:`Receiver.store_batch` (committed when it returns);
@@ -33,9 +33,9 @@ from types import FrameType
 from typing import Any
 
 from agent.exc import SyncError
+from agent.mqtt import wire
+from agent.mqtt.session import BrokerSession
 from agent.receiver import Receiver, validate
-from agent.uplink import mqtt_wire as wire
-from agent.uplink.mqtt_session import BrokerSession
 
 log = logging.getLogger("agent.receiver")
 

@@ -1,7 +1,7 @@
 """The MQTT uplink: batches to an existing broker, acknowledged only by the consumer's answer.
 
 A PUBACK says the *broker* took a message, nothing more. So :class:`MqttTransport`
-publishes a batch (QoS 1, :mod:`agent.uplink.mqtt_wire`'s envelope) to
+publishes a batch (QoS 1, :mod:`agent.mqtt.wire`'s envelope) to
 ``<prefix>/<gateway_id>/batches`` and then waits for the central consumer's answer on
 ``<prefix>/<gateway_id>/acks``, which it publishes only after its commit. Only that answer
 becomes an :class:`~agent.uplink.base.Answer`; its refusals raise what an HTTP status
@@ -12,7 +12,7 @@ The backlog stays on the gateway: one batch is in paho's hands at a time (its qu
 bounded to one message, nothing is published while disconnected, and a batch that timed
 out is taken back out of paho so it is not replayed on a later reconnect); the broker
 keeps a batch no consumer took for ``message_expiry_s`` at most. The connection itself
-is :class:`~agent.uplink.mqtt_session.BrokerSession`'s job.
+is :class:`~agent.mqtt.session.BrokerSession`'s job.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from agent.config import UplinkConfig
 from agent.exc import ConfigError, ConfigProblem, SyncTooLarge, SyncTransient
-from agent.uplink import mqtt_wire as wire
+from agent.mqtt import wire
+from agent.mqtt.session import PacketTypes, Properties, puback_reason, refusal, require_paho, session_from_config
 from agent.uplink.base import Answer, Batch
-from agent.uplink.mqtt_session import PacketTypes, Properties, puback_reason, refusal, require_paho, session_from_config
 
 if TYPE_CHECKING:
     from agent.config import MqttConfig

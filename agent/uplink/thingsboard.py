@@ -37,8 +37,8 @@ from typing import Any
 
 from agent.config import ThingsBoardConfig, UplinkConfig
 from agent.exc import SyncTooLarge, SyncTransient
+from agent.mqtt.session import puback_reason, refusal, session_from_config
 from agent.uplink.base import Answer, Batch
-from agent.uplink.mqtt_session import puback_reason, refusal, session_from_config
 
 log = logging.getLogger(__name__)
 

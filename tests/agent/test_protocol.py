@@ -139,6 +139,7 @@ def test_depth_is_measured_without_recursion_and_stops_early() -> None:
 def test_the_receiver_imports_nothing_of_the_agents_runtime() -> None:
     code = (
         "import sys, agent.receiver, agent.receiver.server, agent.receiver.validate, agent.receiver.report\n"
+        "import agent.receiver.mqtt, agent.receiver.pg_backend\n"
         "import agent.cli.receiver_cmd, agent.cli.verify_cmd\n"
         "bad = sorted(m for m in sys.modules if m in {'agent.store', 'agent.daemon', 'agent.ingest', 'agent.config',"
         " 'agent.timebase', 'agent.sync', 'agent.status', 'agent.canonical', 'agent.rules', 'agent.uplink'}"

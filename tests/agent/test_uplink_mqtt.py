@@ -282,7 +282,7 @@ def test_a_batch_over_the_brokers_maximum_packet_size_is_too_large(broker_factor
 
 
 def test_without_paho_the_transport_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent.uplink.mqtt_session as module
+    import agent.mqtt.session as module
 
     monkeypatch.setattr(module, "paho", None)
     with pytest.raises(ConfigError) as info:

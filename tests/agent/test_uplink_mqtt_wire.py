@@ -1,4 +1,4 @@
-"""The MQTT wire format (agent.uplink.mqtt_wire): envelope, topics, answers and their meaning."""
+"""The MQTT wire format (agent.mqtt.wire): envelope, topics, answers and their meaning."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 
 from agent.config import UplinkConfig
 from agent.exc import AuthRefused, SyncRejected, SyncTooLarge, SyncTransient
+from agent.mqtt import wire
 from agent.receiver import validate
 from agent.store import Store
-from agent.uplink import mqtt_wire as wire
 from agent.uplink.base import Batch
 
 

@@ -95,7 +95,7 @@ class ThingsBoardStandIn:
     """Subscribes where ThingsBoard listens, as the gateway device would be served."""
 
     def __init__(self, url: str) -> None:
-        from agent.uplink.mqtt_wire import parse_broker_url
+        from agent.mqtt.wire import parse_broker_url
 
         b = parse_broker_url(url)
         self.got: list[tuple[str, Any]] = []

@@ -19,10 +19,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.exc import AuthRefused, SyncRejected, SyncTooLarge, SyncTransient
+from agent.mqtt import wire
 from agent.receiver import Receiver
 from agent.receiver.mqtt import MqttConsumer
 from agent.store import Store
-from agent.uplink import mqtt_wire as wire
 from agent.uplink.base import Batch
 from agent.uplink.mqtt import MqttTransport
 from tests.mosquitto import Mosquitto, close_client, reading, uplink_config, wait_until

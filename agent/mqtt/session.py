@@ -18,12 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.config import UplinkConfig
 from agent.exc import AuthRefused, ConfigError, ConfigProblem, SyncError, SyncTransient
+from agent.mqtt import wire
 from agent.secretfile import check_secret_file
-from agent.uplink import mqtt_wire as wire
+
+if TYPE_CHECKING:  # the gateway's config, read by session_from_config only
+    from agent.config import UplinkConfig
 
 try:
     import paho.mqtt.client as paho

@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent.exc import (
@@ -39,7 +39,9 @@ from agent.exc import (
     SyncTooLarge,
     SyncTransient,
 )
-from agent.uplink.base import Answer, Batch
+
+if TYPE_CHECKING:  # the gateway's side only (batch_body, interpret): the consumer loads none of the uplink
+    from agent.uplink.base import Answer, Batch
 
 ENVELOPE_VERSION = 1
 ANSWER_VERSION = 1
@@ -202,6 +204,8 @@ def answer_matches(doc: Mapping[str, Any], key: str, attempt: str) -> bool:
 
 def interpret(doc: Mapping[str, Any], batch: Batch) -> Answer:
     """The answer as an :class:`Answer`, or the protocol's refusal as the same exception as HTTP."""
+    from agent.uplink.base import Answer
+
     status = int(doc["status"])
     where = f"batch {batch.first}-{batch.last}"
     error = str(doc.get("error", ""))[:300]
