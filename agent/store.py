@@ -444,7 +444,7 @@ class Store:
                     self._tx_events = []
                     seqs = self._append_locked([item], None)
             except sqlite3.Error as exc:
-                if "full" in str(exc).lower():
+                if _is_full(exc):
                     raise StoreFull(f"disk full while writing a checkpoint: {exc}") from exc
                 raise StoreError(f"checkpoint append failed: {type(exc).__name__}: {exc}") from exc
             for done in self._tx_events:

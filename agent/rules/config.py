@@ -203,9 +203,10 @@ class TimeToBreachRule(_Trend):
     hysteresis: float = Field(default=0.0, ge=0, description="clears only this far inside the limit")
 
 
-#: One "data missing" default for the whole agent: the preset rule's timeout, and what
-#: status calls a sensor missing when no ``missing_after_s`` is configured for it.
-DEFAULT_MISSING_AFTER_S = 900.0
+#: One "data missing" default for the whole agent (drivers.base's, which the BLE driver
+#: uses too): the preset rule's timeout, and what status calls a sensor missing when no
+#: ``missing_after_s`` is configured for it.
+DEFAULT_MISSING_AFTER_S = MISSING_AFTER_S
 
 
 class MissingRule(_Rule):
