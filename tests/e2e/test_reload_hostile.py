@@ -54,6 +54,10 @@ def reload_rejected(agent: AgentProcess, live: Path, data: bytes) -> dict[str, A
     return dict(found[-1]["details"])
 
 
+def running_sha(agent: AgentProcess) -> str:
+    return str(agent.request("status")["fleet"]["running"]["sha256"])
+
+
 # -- secrets (item 11) ---------------------------------------------------------------------
 
 SECRETS = {
@@ -124,3 +128,49 @@ def test_a_rejected_configs_secrets_reach_no_event_no_log_line_and_no_cli_output
         assert secret not in log, f"{name}: in the agent's log"
         for out in outputs:
             assert secret not in out, f"{name}: in the CLI's output"
+
+
+# -- strict parsing (item 10) ----------------------------------------------------------------
+
+def test_reloads_of_a_2000_deep_file_and_of_a_non_utf8_file_are_refused_with_a_reason_and_the_running_config_stays(
+        tmp_path: Path, receiver: ReceiverProcess) -> None:
+    live = write_config(tmp_path, receiver.url, sim="speed = 5")
+    good = live.read_bytes()
+    agent = AgentProcess(live).start()
+    hostile = {
+        "arrays": good + b"\ndeep = " + b"[" * 2000 + b"]" * 2000 + b"\n",
+        "tables": good + b"\ndeep = " + b"{ a = " * 2000 + b"1" + b" }" * 2000 + b"\n",
+        "latin-1": good + "# Kühlkette\n".encode("latin-1"),
+    }
+    try:
+        sha = running_sha(agent)
+        for name, data in hostile.items():
+            details = reload_rejected(agent, live, data)
+            problem = " ".join(details["problems"])
+            assert details["reason"] == "invalid", name
+            assert ("not UTF-8" if name == "latin-1" else "nested") in problem, name
+            assert running_sha(agent) == sha, name
+        live.write_bytes(good)
+        # the same files from a fleet tool (the control socket) and from `coldgate config apply`
+        for name, data in hostile.items():
+            candidate = tmp_path / f"{name}.toml"
+            candidate.write_bytes(data)
+            verdict = agent.request("apply", path=str(candidate), source=str(live))
+            assert verdict["applied"] is False and verdict["reason"] == "invalid" and verdict["problems"], name
+            out = coldgate("config", "apply", str(candidate), "--config", str(live))
+            assert out.returncode == 1 and f"{live} left unchanged" in out.stdout, name
+            assert "Traceback" not in out.stdout + out.stderr and "Error:" not in out.stderr, name
+        assert running_sha(agent) == sha and live.read_bytes() == good
+        assert len(rejections(agent)) == 2 * len(hostile)
+        head = agent.head()
+        wait_until(lambda: agent.head() > head + 10, 30, "readings to keep flowing")
+        # and the agent still reloads: the good file again is applied
+        agent.signal(signal.SIGHUP)
+        wait_until(lambda: [r for r in agent.all_records() if r["type"] == "event"
+                            and r["event"] == "config_applied" and r["details"]["at"] == "reload"], 30, "reload")
+    finally:
+        assert agent.stop() == 0
+    log = agent.log.read_text()
+    assert log.count("rejected, keeping the running one") == 2 * len(hostile)
+    for word in ("Traceback", "RecursionError", "UnicodeDecodeError", "Task exception"):
+        assert word not in log
