@@ -32,7 +32,7 @@ import typing
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -210,6 +210,15 @@ class UplinkConfig(Model):
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http:// or https:// URL with a host")
+        if "@" in parts.path + parts.query + parts.fragment:
+            # a password with an unencoded '/', '?' or '#': the URL would be read as another
+            # host, and the password shown wherever the URL is (status, logs) as a path
+            raise ValueError("holds an '@' after its host: percent-encode a password's '/', '?', '#' and '@' "
+                             "(or give the token in token_file)")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError("has a port that is not a number 0-65535") from None
         return v.rstrip("/")
 
     @model_validator(mode="after")
@@ -227,12 +236,7 @@ class UplinkConfig(Model):
     def masked_url(self) -> str | None:
         if self.url is None:
             return None
-        parts = urlsplit(self.url)
-        if parts.password or parts.username:
-            host = parts.hostname or ""
-            netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-            return urlunsplit(parts._replace(netloc=netloc))
-        return self.url
+        return mask_url(self.url)
 
 
 class ControlConfig(Model):
@@ -433,6 +437,17 @@ def mask_text(text: str) -> str:
     return _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{MASK}@", text)
 
 
+def mask_url(value: str) -> str:
+    """A value that may be a URL, with everything from its ``://`` to its last ``@`` masked:
+    a password as people write them (``/``, ``#``, ``?``, ``@``, a space, unencoded) is
+    masked whole, where :func:`mask_text` on a message stops at the first such character."""
+    start = value.find("://")
+    at = value.rfind("@")
+    if 0 < start and start + 3 <= at:
+        return mask_text(value[: start + 3]) + MASK + mask_text(value[at:])
+    return mask_text(value)
+
+
 def mask_value(path: tuple[Any, ...] | list[Any], value: Any) -> Any:
     """``value`` as it may be shown: masked if any key on ``path`` is secret, else with URL
     credentials masked. Used for every value a problem message echoes."""
@@ -448,7 +463,7 @@ def mask_data(value: Any) -> Any:
     if isinstance(value, list):
         return [mask_data(v) for v in value]
     if isinstance(value, str):
-        return mask_text(value)
+        return mask_url(value)
     return value
 
 

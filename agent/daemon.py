@@ -734,7 +734,7 @@ class Agent:
             if store is None:
                 raise ControlRefused("the store is not open")
             released = store.release_set_aside()
-            if released:
+            if released["count"]:  # nothing released, nothing to record
                 self.ingest.event("set_aside_released", {"count": released["count"], "ranges": released["ranges"],
                                                          "by": req.get("by")})
                 self.writer.flush()

@@ -156,6 +156,8 @@ class Store:
         self.stamper = Stamper()
         #: every record at or below this seq has left the queue (acked or set aside)
         self._floor = 0
+        #: the last release of set-aside records this connection has followed (see :meth:`_follow_release_locked`)
+        self._release_seen = self._release()[0]
         #: opened to read (diagnostics, the sync thread): never writes the side file
         self.reader = False
         self._lost: dict[str, Any] = {}
@@ -485,6 +487,24 @@ class Store:
             log.warning("store %s: stream %s replaced by %s", self.path, self.stream_id, stream)
             self._new_stream_id(stream)
 
+    def _release(self) -> tuple[int, int]:
+        """``(count, below)`` of the releases of set-aside records so far: how many, and a seq
+        below every record they put back in the queue (``meta`` key ``released``)."""
+        raw = self._meta("released")
+        if raw is None:
+            return 0, 0
+        data = json.loads(raw)
+        return int(data["n"]), int(data["after"])
+
+    def _follow_release_locked(self) -> None:
+        """Inside a transaction: records another connection released (the daemon releases on
+        the writer's, the uplink reads on its own) are below this connection's ``_floor``; a
+        release it has not seen yet takes the floor down to them."""
+        n, after = self._release()
+        if n != self._release_seen:
+            self._release_seen = n
+            self._floor = min(self._floor, after)
+
     def _append_locked(self, items: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None) -> list[int]:
         head_seq = int(self._meta("head_seq") or 0)
         if head_seq < self._lost_below:
@@ -777,6 +797,7 @@ class Store:
             self.conn.execute("BEGIN")
             try:
                 self._sync_stream_locked()
+                self._follow_release_locked()
                 urgent = self._unsent("state = 0 AND type != 'reading'", 0, limit)
                 if urgent:
                     return urgent
@@ -1155,6 +1176,13 @@ class Store:
                 return {"count": 0, "ranges": []}
             self.conn.execute("UPDATE records SET state = ? WHERE state = ?", (PENDING, SET_ASIDE))
             self.conn.execute("DELETE FROM set_aside")
+            # said to every connection: each one's floor goes below the lowest seq any
+            # release put back that it may not have followed yet
+            n, after = self._release()
+            after = min(after, seqs[0] - 1) if n else seqs[0] - 1
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('released', ?)",
+                              (json.dumps({"n": n + 1, "after": after}),))
+            self._release_seen = n + 1
         self._floor = min(self._floor, seqs[0] - 1)
         return {"count": len(seqs), "ranges": _ranges(seqs)}
 

@@ -88,8 +88,11 @@ def _text(d: dict[str, Any]) -> str:
     if d.get("pending") is not None:
         line += f", {d.get('pending')} record(s) still pending"
     rel = d.get("released")
-    if rel:
-        line += f"\n  {rel['count']} set-aside record(s) put back in the queue"
+    if rel is not None and rel.get("count"):
+        seqs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in rel.get("ranges") or [])
+        line += f"\n  {rel['count']} set-aside record(s) put back in the queue (seq {seqs})"
+    elif rel is not None:
+        line += "\n  nothing was set aside: no record to release"
     if d.get("last_error"):
         line += f"\n  last error: {d['last_error']}"
     if d.get("next_retry_at"):

@@ -86,3 +86,26 @@ def test_config_show_masks_secret_keys_at_any_depth(tmp_path, capsys):
                                               ("keep_acked", False), ("sensor_id", False)])
 def test_which_keys_are_secret(name, secret):
     assert config.is_secret_key(name) is secret
+
+
+@pytest.mark.parametrize("sep", ["/", "#", "?", "@", " ", "'", "+/="])
+def test_a_url_password_with_characters_that_end_a_url_is_masked_whole(sep):
+    """A password as a generator makes it (base64 '/', '+', '='), unencoded: the mask
+    stopped at the first '/', '#', '?' or '@' and the rest of the password was shown."""
+    with pytest.raises(ConfigError) as err:
+        config.loads(f'gateway_id = "gw"\n[uplink]\nurl = "ftp://fleet:s3cr{sep}Xq9Z@ingest.example.com"\n')
+    text = err.value.report() + repr(err.value.problems)
+    assert "ftp://***@ingest.example.com" in text
+    assert "s3cr" not in text and "Xq9Z" not in text  # not even a piece of it
+
+
+def test_an_https_url_whose_password_holds_an_unencoded_slash_is_refused_not_shown_as_a_path():
+    """urlsplit takes 'fleet:pa' for the host and the rest for the path: the URL was
+    accepted, masked_url() found no credentials and status and logs showed it whole."""
+    with pytest.raises(ConfigError) as err:
+        config.loads('gateway_id = "gw"\n[uplink]\nurl = "https://fleet:s3cr3t/pw@ingest.example.com"\n')
+    (problem,) = err.value.problems
+    assert problem.path == "uplink.url" and "percent-encode" in problem.message
+    assert "s3cr3t" not in str(problem) and "https://***@ingest.example.com" in str(problem)
+    ok = config.loads('gateway_id = "gw"\n[uplink]\nurl = "https://fleet:s3cr3t%2Fpw@ingest.example.com:8443/in"\n')
+    assert ok.uplink.masked_url() == "https://***@ingest.example.com:8443/in"

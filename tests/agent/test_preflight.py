@@ -184,3 +184,34 @@ def test_config_apply_refuses_a_file_whose_machine_checks_fail(tmp_path, capsys)
     assert main(["config", "apply", str(new), "--config", str(live)]) == 1
     assert "is a directory" in capsys.readouterr().out
     assert live.read_text() == 'gateway_id = "gw"\n'
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    ("directory", "store.db is a directory"),
+    ("under_a_file", "which is a file, not a directory"),
+    ("mode_000", "cannot be read and written by this user (mode 0000)"),
+])
+def test_run_on_a_store_path_it_cannot_use_exits_78_with_the_reason_and_starts_nothing(tmp_path, make, expected):
+    """Issue 9 item 9: exit 1 at every start with a misleading "File exists" (a crash loop);
+    78 is the status the unit does not restart on. The real process, as systemd starts it."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "store.db"
+    if make == "directory":
+        store.mkdir()
+    elif make == "under_a_file":
+        (tmp_path / "data").write_text("not a folder")
+        store = tmp_path / "data" / "store.db"
+    else:
+        store.write_bytes(b"")
+        store.chmod(0)
+    f = tmp_path / "c.toml"
+    f.write_text(f'gateway_id = "gw"\n[store]\npath = "{store}"\n[control]\nsocket = "{tmp_path}/control.sock"\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(f)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 78, out.stderr
+    assert "store.path" in out.stderr and expected in out.stderr
+    assert "Traceback" not in out.stderr and "File exists" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no lock, no socket, no store

@@ -196,6 +196,36 @@ def test_set_aside_records_can_be_released_and_sent_again(tmp_path: Path) -> Non
     assert {seq for _, seq in fake.stored} >= set(range(1, 7))
 
 
+def test_records_released_on_another_connection_are_sent_by_the_uplink_reading_on_its_own(tmp_path: Path) -> None:
+    """The daemon releases on the writer's connection; the uplink reads on its own, whose
+    floor had gone past the set-aside readings: they stayed pending until a restart."""
+    writer = make_store(tmp_path, 30)
+    uplink = Store.open(tmp_path / "s.db", gateway_id="gw", create=False, stamper=writer.stamper)
+    # stream_started (seq 1: events go first), the batch_set_aside event (32), readings 2-11
+    refuse = {"batches": 3}
+
+    def handler(fake: FakeTransport, batch: Batch) -> Answer:
+        if refuse["batches"]:
+            refuse["batches"] -= 1
+            raise SyncRejected("HTTP 422", status=422)
+        return fake.store(batch)
+
+    fake = FakeTransport(handler)
+    loop = UplinkLoop(lambda: uplink, lambda: fake, UplinkConfig(url="http://central.invalid", batch_size=10), "gw",
+                      writer.stamper, lambda item: writer.append([item]), rng=random.Random(1))
+    loop.drain()
+    loop.drain()
+    head = writer.head()[0]
+    assert uplink.stats()["pending"] == 0 and uplink.stats()["set_aside"] == 12
+    released = writer.release_set_aside()  # as _cmd_retry_set_aside does
+    assert released == {"count": 12, "ranges": [[1, 11], [32, 32]]}
+    loop.drain()
+    assert uplink.stats()["pending"] == 0 and uplink.stats()["set_aside"] == 0
+    assert {s for _, s in fake.stored} == set(range(1, head + 1))
+    uplink.close()
+    writer.close()
+
+
 def test_the_fake_transport_stores_idempotently_and_counts_conflicts() -> None:
     fake = FakeTransport()
     b = Batch("gw", "s1", [(1, '{"a":1}', "h1"), (2, '{"a":2}', "h2")])
