@@ -63,7 +63,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     agent_cmd = [sys.executable, "-m", "agent", "run", "--config", str(cfg_path)]
     log_file = open(data_dir / "demo.log", "ab")  # noqa: SIM115 - closed in finally
     print(f"coldgate demo: receiver on {url.geturl()} (db {rx_db}), agent on {cfg_path} "
-          f"(store {cfg.store.path}); logs in {data_dir / 'demo.log'}; Ctrl-C stops both")
+          f"(store {cfg.store.path}); logs in {data_dir / 'demo.log'}; Ctrl-C stops both",
+          file=sys.stderr if args.json else sys.stdout)  # --json: stdout carries JSON only
     receiver = subprocess.Popen(rx_cmd, stdout=log_file, stderr=log_file, start_new_session=True)
     agent = None
     shipment = None
@@ -87,7 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(json.dumps(data) if args.json else text, flush=True)
     except KeyboardInterrupt:
         interrupted = True
-        print("\nstopping…")
+        print("\nstopping…", file=sys.stderr if args.json else sys.stdout)  # --json: stdout is JSON only
     finally:
         signal.signal(signal.SIGTERM, previous)
         if shipment:

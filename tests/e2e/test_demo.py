@@ -59,3 +59,41 @@ def test_ctrl_c_stops_the_demo_and_both_processes_cleanly(tmp_path: Path) -> Non
     assert "stopping" in rest and "complete-and-verified" in rest
     log = (tmp_path / "data" / "demo.log").read_text()
     assert "stopping: committing what is held" in log  # the agent shut down, not killed
+
+
+def test_a_demo_whose_port_is_taken_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    import re
+    import socket
+
+    cfg = demo_config(tmp_path)
+    port = int(re.search(r'url = "http://127\.0\.0\.1:(\d+)"', cfg.read_text()).group(1))  # type: ignore[union-attr]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        out = subprocess.run([sys.executable, "-m", "agent", "demo", "--config", str(cfg), "--seconds", "5"],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "data" / "store.db").exists(), "no agent was started"
+
+
+def test_sigterm_to_the_demo_stops_both_processes_cleanly_and_json_progress_is_one_object_a_line(
+        tmp_path: Path) -> None:
+    import json
+
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "demo", "--config", str(demo_config(tmp_path)),
+                             "--every", "1", "--json"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    progress = []
+    for line in proc.stdout:
+        progress.append(json.loads(line))  # every line is one JSON object
+        if len(progress) >= 2:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest  # stopped as by Ctrl-C
+    final = [json.loads(x) for x in rest.splitlines() if x.strip()]
+    assert final and "receiver" in final[-1] and "trip_report" in final[-1]
+    log = (tmp_path / "data" / "demo.log").read_text()
+    assert "stopping: committing what is held" in log  # the agent shut down, not killed
+    assert final[-1]["receiver"]["gateways"]["demo-gw-01"]["verdict"] == "complete-and-verified"
