@@ -43,28 +43,27 @@ def _batch(tmp_path: Path) -> Batch:
     return batch
 
 
-def test_a_503_with_retry_after_in_seconds_reaches_the_loop_as_its_delay(server: tuple[Receiver, str],
-                                                                         tmp_path: Path) -> None:
+def _refused(server: tuple[Receiver, str], tmp_path: Path, fault: dict[str, object]) -> SyncTransient:
+    """What the transport raises for one batch the receiver answers with ``fault``."""
     rx, url = server
-    rx.set_faults([{"status": 503, "retry_after": 7}])
+    rx.set_faults([fault])
     up = HttpTransport(UplinkConfig(url=url, token=TOKEN))
     try:
         with pytest.raises(SyncTransient) as caught:
             up.send(_batch(tmp_path))
     finally:
         up.close()
-    assert caught.value.status == 503 and caught.value.retry_after == 7.0
+    return caught.value
+
+
+def test_a_503_with_retry_after_in_seconds_reaches_the_loop_as_its_delay(server: tuple[Receiver, str],
+                                                                         tmp_path: Path) -> None:
+    exc = _refused(server, tmp_path, {"status": 503, "retry_after": 7})
+    assert exc.status == 503 and exc.retry_after == 7.0
 
 
 def test_a_429_with_retry_after_as_an_http_date_reaches_the_loop_as_seconds_from_now(server: tuple[Receiver, str],
                                                                                    tmp_path: Path) -> None:
-    rx, url = server
-    rx.set_faults([{"status": 429, "retry_after": 30, "http_date": True}])
-    up = HttpTransport(UplinkConfig(url=url, token=TOKEN))
-    try:
-        with pytest.raises(SyncTransient) as caught:
-            up.send(_batch(tmp_path))
-    finally:
-        up.close()
-    assert caught.value.status == 429
-    assert caught.value.retry_after is not None and 25.0 <= caught.value.retry_after <= 31.0
+    exc = _refused(server, tmp_path, {"status": 429, "retry_after": 30, "http_date": True})
+    assert exc.status == 429
+    assert exc.retry_after is not None and 25.0 <= exc.retry_after <= 31.0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import kill_leftovers
+from tests.e2e.harness import ReceiverProcess, kill_leftovers
 from tests.mosquitto import broker, broker_factory  # noqa: F401 - a real Mosquitto per test
 from tests.receiver import pg
 
@@ -22,6 +22,14 @@ from tests.receiver import pg
 def _no_leftover_processes() -> Iterator[None]:
     yield
     kill_leftovers()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[ReceiverProcess]:
+    """The reference receiver in its own process, on a free port, stopped after the test."""
+    r = ReceiverProcess(tmp_path / "receiver.db").start()
+    yield r
+    r.stop()
 
 
 @pytest.fixture(scope="session")

@@ -116,6 +116,11 @@ class ReceiverProcess:
         raise AssertionError(f"stream {stream} not in the receiver's report")
 
 
+def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """``coldgate ARGS`` as a separate process, as a technician types it; its output captured."""
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=timeout)
+
+
 def write_config(tmp_path: Path, url: str | None, *, token: str = TOKEN, sim: str = "speed = 0\nlimit = 600",
                  extra: str = "", uplink_extra: str = "", gateway_id: str = "gw-e2e",
                  config_version: int | str = 0) -> Path:

@@ -27,12 +27,6 @@ pytestmark = pytest.mark.slow
 READINGS = 600  # the simulated logger's limit; 2 probes x 3 quantities
 
 
-@pytest.fixture
-def receiver(tmp_path: Path):
-    r = ReceiverProcess(tmp_path / "receiver.db").start()
-    yield r
-    r.stop()
-
 
 def drained(agent: AgentProcess, at_least: int) -> bool:
     return agent.head() >= at_least and agent.pending() == 0

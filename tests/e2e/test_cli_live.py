@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import AgentProcess, ReceiverProcess, wait_until, write_config
+from tests.e2e.harness import cli as coldgate
 
 pytestmark = pytest.mark.slow
 
-
-def coldgate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

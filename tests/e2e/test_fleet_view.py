@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,9 @@ from tests.e2e.harness import (
     wait_until,
     write_config,
 )
+from tests.e2e.harness import (
+    cli as coldgate,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +35,6 @@ VERIFIED = "complete-and-verified"
 #: a real-time simulated logger: readings keep coming, so every config's health check can pass
 SIM = "speed = 1"
 
-
-def coldgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60)
 
 
 def fleet_json(receiver: ReceiverProcess) -> dict[str, Any]:

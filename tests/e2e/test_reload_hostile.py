@@ -13,27 +13,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.harness import AgentProcess, ReceiverProcess, wait_until, write_config
+from tests.e2e.harness import cli as coldgate
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def receiver(tmp_path: Path):
-    r = ReceiverProcess(tmp_path / "receiver.db").start()
-    yield r
-    r.stop()
-
-
-def coldgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=90)
 
 
 def rejections(agent: AgentProcess) -> list[dict[str, Any]]:

@@ -9,8 +9,6 @@ them through the CLI, which asks the running agent over its control socket.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +21,15 @@ from tests.e2e.harness import (
     wait_until,
     write_config,
 )
+from tests.e2e.harness import (
+    cli as coldgate,
+)
 
 pytestmark = pytest.mark.slow
 
 READINGS = 600  # the simulated logger's limit; 2 probes x 3 quantities
 
 
-@pytest.fixture
-def receiver(tmp_path: Path):
-    r = ReceiverProcess(tmp_path / "receiver.db").start()
-    yield r
-    r.stop()
-
-
-def coldgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=90)
 
 
 def set_aside(agent: AgentProcess) -> list[int]:

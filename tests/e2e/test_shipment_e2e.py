@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import AgentProcess, ReceiverProcess, assert_receiver_holds_everything, wait_until, write_config
+from tests.e2e.harness import (
+    AgentProcess,
+    ReceiverProcess,
+    assert_receiver_holds_everything,
+    cli,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
 
 def coldgate(*args: str) -> Any:
-    out = subprocess.run([sys.executable, "-m", "agent", *args, "--json"], capture_output=True, text=True, timeout=60)
+    out = cli(*args, "--json", timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import AgentProcess, wait_until, write_config
+from tests.e2e.harness import AgentProcess, cli, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "verify.md"
 
 
 def coldgate(*args: str, ok: bool = True) -> tuple[int, Any]:
-    out = subprocess.run([sys.executable, "-m", "agent", *args, "--json"], capture_output=True, text=True, timeout=60)
+    out = cli(*args, "--json", timeout=60)
     if ok:
         assert out.returncode == 0, out.stdout + out.stderr
     return out.returncode, json.loads(out.stdout)
