@@ -9,7 +9,7 @@ driver
     ``BleDriver.run(sink)`` into a counting sink: the decode + dispatch path alone;
 theengs
     the same, for ``format = "theengs"`` sensors: Theengs Decoder's published frames of
-    13 models (tests/data/ble/theengs.json) through the driver (needs coldgate[theengs]);
+    17 models (tests/data/ble/theengs.json) through the driver (needs coldgate[theengs]);
 store, store-theengs
     the whole agent (``agent.daemon.Agent`` in this process: intake, writer thread, group
     commit, ``record_interval_s = 0``) into its SQLite store, until every reading is

@@ -1,4 +1,4 @@
-"""Theengs Decoder as a BLE format: published frames of 13 models, through the driver into readings.
+"""Theengs Decoder as a BLE format: published frames of 17 models (SwitchBot and Qingping among them), through the driver into readings.
 
 The vectors (tests/data/ble/theengs.json) are Theengs Decoder's own test frames with the
 output it is published to give; the readings are those values in docs/protocol.md's units.
