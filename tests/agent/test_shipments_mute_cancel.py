@@ -117,3 +117,47 @@ def test_an_excursion_in_a_leg_that_mutes_the_rule_is_recorded_muted_and_reporte
                    for r in model["verdict"]["reasons"])
 
     asyncio.run(scenario())
+
+
+def test_a_shipment_cancelled_through_the_cli_is_cancelled_in_the_stream_and_its_sensors_are_free(
+        tmp_path: Path) -> None:
+    cfg_path = write(tmp_path, CONFIG.replace("{setpoint}", "5.0"))
+    store = tmp_path / "store.db"
+
+    async def scenario() -> None:
+        agent = Agent(configmod.load(cfg_path), config_path=cfg_path)
+        task = await start(agent)
+        code, _ = await asyncio.to_thread(cli, cfg_path, "start", "SHP-C", "--sensor", "p1", "--sensor", "p2",
+                                          "--ignore", "0")
+        assert code == 0
+        await poll(lambda: any(r.get("shipment") == "SHP-C" for r in records(store, type="reading")))
+        code, cancelled = await asyncio.to_thread(cli, cfg_path, "cancel", "SHP-C", "--by", "dispatch",
+                                                  "--why", "order withdrawn")
+        assert code == 0 and cancelled["shipment"]["state"] == "cancelled", cancelled
+        assert [r["event"] for r in cancelled["records"]][-2:] == ["shipment_state", "shipment_stopped"]
+        code, st = await asyncio.to_thread(cli, cfg_path, "status", "SHP-C")
+        assert code == 0 and st["state"] == "cancelled"
+        # its sensors are free: a new shipment takes both
+        code, again = await asyncio.to_thread(cli, cfg_path, "start", "SHP-D", "--sensor", "p1", "--sensor", "p2",
+                                              "--ignore", "0")
+        assert code == 0 and again["shipment"]["state"] == "in_transit", again
+        await poll(lambda: {r["sensor_id"] for r in records(store, type="reading") if r.get("shipment") == "SHP-D"}
+                   == {"p1", "p2"})
+        agent.stop()
+        await task
+        stop = events(store, "shipment_stopped")
+        assert len(stop) == 1 and stop[0]["details"]["shipment"] == "SHP-C"
+        assert (stop[0]["details"]["reason"], stop[0]["details"]["by"], stop[0]["details"]["why"]) == (
+            "cancelled", "dispatch", "order withdrawn")
+        state = [e["details"] for e in events(store, "shipment_state") if e["details"]["shipment"] == "SHP-C"]
+        assert (state[-1]["to"], state[-1]["cause"]) == ("cancelled", "cancelled")
+        readings = records(store, type="reading")
+        assert not any(r.get("shipment") == "SHP-C" for r in readings if r["seq"] > stop[0]["seq"])
+        # read from the store once the agent has stopped: still cancelled
+        code, st = cli(cfg_path, "status", "SHP-C")
+        assert code == 0 and st["state"] == "cancelled"
+        code, listed = cli(cfg_path, "list")
+        assert code == 0 and {s["shipment"]: s["state"] for s in listed} == {"SHP-C": "cancelled",
+                                                                             "SHP-D": "in_transit"}
+
+    asyncio.run(scenario())
