@@ -32,8 +32,13 @@ H = 3600.0
 BOOT = "boot-trip-1"
 BOOT_MONO_S = 120.0  # the boottime clock read 120 s at T0
 
-PROFILES = {"2-8C": {"description": "2-8 Cel preset", "mkt_max_gap_s": 3600.0, "rules": {
-    n: r.model_dump(mode="json") for n, r in RulesConfig().profile("2-8C").active_rules().items()}}}
+def profiles(name: str) -> dict[str, Any]:
+    """The ``rule_profiles`` of ``shipment_started`` for the preset ``name``, as the agent writes it."""
+    return {name: {"description": f"{name} preset", "mkt_max_gap_s": 3600.0, "rules": {
+        n: r.model_dump(mode="json") for n, r in RulesConfig().profile(name).active_rules().items()}}}
+
+
+PROFILES = profiles("2-8C")
 
 
 @dataclass
@@ -118,17 +123,18 @@ def temperature(sid: str, t: float) -> float:
 def build(path: Path, *, hours: float = 12.0, interval_s: float = 60.0, sensors: tuple[str, ...] = ("p1", "p2"),
           gps_every_s: float = 300.0, value: Callable[[str, float], float] = temperature,
           ack: bool = True, handover: bool = True, stop: bool = True,
-          spec_extra: dict[str, Any] | None = None, clock: tuple[float, float] | None = None) -> Trip:
+          spec_extra: dict[str, Any] | None = None, clock: tuple[float, float] | None = None,
+          profile: str = "2-8C") -> Trip:
     """Write the trip into a new store at ``path``; returns it (store left open).
 
     ``spec_extra``: more of the shipment's spec (``freeze_thaw``, …), over the defaults here.
     """
     store = Store.open(path, gateway_id=GATEWAY)
     book = ShipmentBook(gateway_id=GATEWAY, agent_version="0.1.0")
-    engine = RuleEngine(RulesConfig(), {s: "2-8C" for s in sensors})
+    engine = RuleEngine(RulesConfig(), {s: profile for s in sensors})
     trip = Trip(store, book, engine, behind_s=clock[1] if clock else None)
     spec = ShipmentSpec.model_validate({
-        "id": "SHP-TRIP-1", "sensors": list(sensors), "profile": "2-8C", "planned_duration_s": hours * H,
+        "id": "SHP-TRIP-1", "sensors": list(sensors), "profile": profile, "planned_duration_s": hours * H,
         "ignore_s": 600, "custodian": "Pharma Ltd", "product": "Vaccine X, lot 42", "origin": "Basel",
         "destination": "New York",
         "legs": [{"name": "packing", "kind": "origin", "mode": "road", "mute": ["pre_high"]},
@@ -136,10 +142,10 @@ def build(path: Path, *, hours: float = 12.0, interval_s: float = 60.0, sensors:
                  {"name": "receiving", "kind": "destination", "mode": "road"}],
         "stability": {"budget_s": 4 * H, "spent_upstream_s": 1800, "above": 8.0, "below": 2.0},
         **(spec_extra or {})})
-    infos = [{"id": s, "label": f"probe {s}", "record_interval_s": interval_s, "profile": "2-8C",
+    infos = [{"id": s, "label": f"probe {s}", "record_interval_s": interval_s, "profile": profile,
               "calibration": {"certificate": f"CAL-{s}", "due": "2026-01-31" if s == "p2" else "2027-06-30"}}
              for s in sensors]
-    trip.add(book.start(spec, elapsed=0.0, wall=T0, by="qa.lead", sensors=infos, profiles=PROFILES), 0.0)
+    trip.add(book.start(spec, elapsed=0.0, wall=T0, by="qa.lead", sensors=infos, profiles=profiles(profile)), 0.0)
     trip.flush()
     steps = int(hours * H / interval_s)
     lat, lon = 47.56, 7.59
