@@ -36,8 +36,9 @@ def _mkt(parts: list[tuple[float, float]]) -> float:
 @pytest.mark.parametrize("profile", ["15-25C", "crt"])
 def test_report_of_a_controlled_room_temperature_trip_gives_the_worst_30_day_window_mkt(
         profile: str, tmp_path: Path) -> None:
-    """745 h, a reading every 10 min: the worst 30-day window is the one after the cold first day (from the first reading, 10 min in),
-    240 h at 25 °C and 480 h at 20 °C; the trip figure, with the cold day, is lower."""
+    """745 h, a reading every 10 min: the worst 30-day window is the one after the cold first
+    day, 240 h at 25 °C and 480 h at 20 °C; the trip figure, with the cold day (from the first
+    reading, 10 min in), is lower."""
     t = build_trip(tmp_path / "s.db", hours=745, interval_s=600.0, sensors=("p1",), gps_every_s=0, value=_crt,
                    ack=False, handover=False, profile=profile)
     model = build(from_store(t.store, "SHP-TRIP-1"), source=source_of_store(t.store), generated_at=T0 + 746 * H)
