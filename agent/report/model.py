@@ -87,7 +87,9 @@ def build(sel: Selection, *, source: Mapping[str, Any], generated_at: float | No
                 continue
             a = dict(rec)
             a["_t"] = when(rec)
-            a["_started"] = parse_rfc3339(rec["started_at"]) if rec.get("started_at") else a["_t"]
+            # started_at was read off the same clock as ts: the same correction applies
+            a["_started"] = parse_rfc3339(rec["started_at"]) + (a["_t"] - parse_rfc3339(rec["ts"])) \
+                if rec.get("started_at") else a["_t"]
             alarms.append(a)
         elif rtype == "event" and isinstance(rec.get("details"), dict) and rec["details"].get("shipment") == shipment:
             d, ev = rec["details"], rec.get("event")
@@ -96,10 +98,10 @@ def build(sel: Selection, *, source: Mapping[str, Any], generated_at: float | No
                              "mute": (d.get("alarms") or {}).get("mute", []), "_t": when(rec)})
             elif ev == "custody_transferred":
                 custody.append({"index": d.get("index"), "from": d.get("from"), "to": d.get("to"),
-                                "signed_by": d.get("signed_by"), "at": rec["ts"], "where": d.get("where"),
+                                "signed_by": d.get("signed_by"), "at": _iso(when(rec)), "where": d.get("where"),
                                 "leg": d.get("leg"), "note": d.get("note"), "seq": rec["seq"]})
             elif ev == "shipment_state":
-                states.append({"from": d.get("from"), "to": d.get("to"), "cause": d.get("cause"), "at": rec["ts"]})
+                states.append({"from": d.get("from"), "to": d.get("to"), "cause": d.get("cause"), "at": _iso(when(rec))})
     for p in points.values():
         p.sort()
     for i, leg in enumerate(legs):
@@ -206,8 +208,8 @@ def build(sel: Selection, *, source: Mapping[str, Any], generated_at: float | No
         "verdict": {"status": status, "headline": headline, "reasons": findings or ["no excursion beyond a limit, "
                                                                                    "record complete and verified"]},
         "shipment": {"id": shipment, "gateway": gateway, "agent_version": sd.get("agent_version"),
-                     "state": states[-1]["to"] if states else None, "started_at": sel.started["ts"],
-                     "stopped_at": sel.stopped["ts"] if sel.stopped else None, "stop_reason": stop_d.get("reason"),
+                     "state": states[-1]["to"] if states else None, "started_at": _iso(t_start),
+                     "stopped_at": _iso(t_end) if sel.stopped else None, "stop_reason": stop_d.get("reason"),
                      "duration_s": duration, "planned_duration_s": sd.get("planned_duration_s"),
                      "ignore_s": sd.get("ignore_s"), "product": sd.get("product"), "reference": sd.get("reference"),
                      "origin": sd.get("origin"), "destination": sd.get("destination"), "started_by": sd.get("by"),

@@ -5,6 +5,12 @@ recorded, and, outside the ignore period, judged by the real rule engine; alarm 
 get the shipment id (and ``muted`` from the leg settings) as the runtime adds them. Book
 records are stamped with :func:`agent.shipment.stamp`. Time: ``T0`` + seconds, and the
 monotonic timeline is the same seconds (``elapsed``).
+
+``clock=(synced_at_s, behind_s)``: the gateway's clock reads ``behind_s`` seconds behind, and
+unsynchronised, until ``synced_at_s``; its records carry ``time_quality: unsynced``, the
+monotonic time and boot id as the agent's stamper gives them, and at ``synced_at_s`` a
+``clock_step`` event says how to correct them, made as :meth:`agent.writer.Writer.correct_clock`
+makes it (the runs from :meth:`agent.store.Store.unsynced_segments`).
 """
 
 from __future__ import annotations
@@ -23,9 +29,16 @@ from agent.store import Store
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 GATEWAY = "gw-trip-1"
 H = 3600.0
+BOOT = "boot-trip-1"
+BOOT_MONO_S = 120.0  # the boottime clock read 120 s at T0
 
-PROFILES = {"2-8C": {"description": "2-8 Cel preset", "mkt_max_gap_s": 3600.0, "rules": {
-    n: r.model_dump(mode="json") for n, r in RulesConfig().profile("2-8C").active_rules().items()}}}
+def profiles(name: str) -> dict[str, Any]:
+    """The ``rule_profiles`` of ``shipment_started`` for the preset ``name``, as the agent writes it."""
+    return {name: {"description": f"{name} preset", "mkt_max_gap_s": 3600.0, "rules": {
+        n: r.model_dump(mode="json") for n, r in RulesConfig().profile(name).active_rules().items()}}}
+
+
+PROFILES = profiles("2-8C")
 
 
 @dataclass
@@ -35,12 +48,20 @@ class Trip:
     engine: RuleEngine
     items: list[dict[str, Any]] = field(default_factory=list)
     seqs: dict[str, int] = field(default_factory=dict)  # named moments -> seq of the record
+    behind_s: float | None = None  # the clock reads this far behind, unsynchronised (None: synced)
 
     def add(self, recs: list[dict[str, Any]], t: float) -> None:
         for r in stamp(recs, wall_now=T0 + t, elapsed_now=t):
             self.items.append({"time_quality": "synced", **r})
 
     def flush(self) -> None:
+        if self.behind_s is not None:
+            for item in self.items:  # stamped by the unsynchronised clock, as the agent's stamper does
+                true = float(item["ts"])
+                item.update(ts=true - self.behind_s, time_quality="unsynced", boot_id=BOOT,
+                            mono_ns=round((true - T0 + BOOT_MONO_S) * 1e9))
+                if item.get("started_at") is not None:
+                    item["started_at"] = float(item["started_at"]) - self.behind_s
         if self.items:
             self.store.append(self.items)
             self.items = []
@@ -69,6 +90,20 @@ class Trip:
                 item["muted"] = muted
         return item
 
+    def clock_synced(self, t: float) -> None:
+        """The clock becomes synchronised at ``t``: the ``clock_step`` event of the writer."""
+        self.flush()
+        self.behind_s = None
+        rel_now = T0 - BOOT_MONO_S  # wall minus boottime, once the clock is right
+        corrections = [{"first_seq": a, "last_seq": b, "count": n, "offset_s": round(rel_now - base, 3)}
+                       for a, b, n, base in self.store.unsynced_segments(BOOT)]
+        self.items.append({"type": "event", "event": "clock_step", "ts": T0 + t, "time_quality": "synced",
+                           "boot_id": BOOT, "mono_ns": round((t + BOOT_MONO_S) * 1e9), "details": {
+                               "synced": True, "boot_id": BOOT, "corrections": corrections,
+                               "method": "monotonic (CLOCK_BOOTTIME)"}})
+        self.flush()
+        self.seqs["clock_step"] = self.store.head()[0]
+
     def tick(self, t: float) -> None:
         self.add(self.book.tick(t), t)
         for a in self.engine.tick(T0 + t):
@@ -88,17 +123,18 @@ def temperature(sid: str, t: float) -> float:
 def build(path: Path, *, hours: float = 12.0, interval_s: float = 60.0, sensors: tuple[str, ...] = ("p1", "p2"),
           gps_every_s: float = 300.0, value: Callable[[str, float], float] = temperature,
           ack: bool = True, handover: bool = True, stop: bool = True,
-          spec_extra: dict[str, Any] | None = None) -> Trip:
+          spec_extra: dict[str, Any] | None = None, clock: tuple[float, float] | None = None,
+          profile: str = "2-8C") -> Trip:
     """Write the trip into a new store at ``path``; returns it (store left open).
 
     ``spec_extra``: more of the shipment's spec (``freeze_thaw``, …), over the defaults here.
     """
     store = Store.open(path, gateway_id=GATEWAY)
     book = ShipmentBook(gateway_id=GATEWAY, agent_version="0.1.0")
-    engine = RuleEngine(RulesConfig(), {s: "2-8C" for s in sensors})
-    trip = Trip(store, book, engine)
+    engine = RuleEngine(RulesConfig(), {s: profile for s in sensors})
+    trip = Trip(store, book, engine, behind_s=clock[1] if clock else None)
     spec = ShipmentSpec.model_validate({
-        "id": "SHP-TRIP-1", "sensors": list(sensors), "profile": "2-8C", "planned_duration_s": hours * H,
+        "id": "SHP-TRIP-1", "sensors": list(sensors), "profile": profile, "planned_duration_s": hours * H,
         "ignore_s": 600, "custodian": "Pharma Ltd", "product": "Vaccine X, lot 42", "origin": "Basel",
         "destination": "New York",
         "legs": [{"name": "packing", "kind": "origin", "mode": "road", "mute": ["pre_high"]},
@@ -106,10 +142,10 @@ def build(path: Path, *, hours: float = 12.0, interval_s: float = 60.0, sensors:
                  {"name": "receiving", "kind": "destination", "mode": "road"}],
         "stability": {"budget_s": 4 * H, "spent_upstream_s": 1800, "above": 8.0, "below": 2.0},
         **(spec_extra or {})})
-    infos = [{"id": s, "label": f"probe {s}", "record_interval_s": interval_s, "profile": "2-8C",
+    infos = [{"id": s, "label": f"probe {s}", "record_interval_s": interval_s, "profile": profile,
               "calibration": {"certificate": f"CAL-{s}", "due": "2026-01-31" if s == "p2" else "2027-06-30"}}
              for s in sensors]
-    trip.add(book.start(spec, elapsed=0.0, wall=T0, by="qa.lead", sensors=infos, profiles=PROFILES), 0.0)
+    trip.add(book.start(spec, elapsed=0.0, wall=T0, by="qa.lead", sensors=infos, profiles=profiles(profile)), 0.0)
     trip.flush()
     steps = int(hours * H / interval_s)
     lat, lon = 47.56, 7.59
@@ -122,6 +158,8 @@ def build(path: Path, *, hours: float = 12.0, interval_s: float = 60.0, sensors:
             trip.sample("gps", "latitude", round(lat + (40.64 - lat) * f, 6), "lat", t)
             trip.sample("gps", "longitude", round(lon + (-73.78 - lon) * f, 6), "lon", t + 0.5)
         trip.tick(t)
+        if clock and t == clock[0]:
+            trip.clock_synced(t)
         if t == 1 * H:
             trip.add(book.leg("SHP-TRIP-1", elapsed=t, by="dispatch"), t)
         if handover and t == 4 * H:
