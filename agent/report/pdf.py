@@ -161,6 +161,21 @@ class Report(FPDF):
         self.ln(1)
 
 
+#: alarm ids listed in a rule's row of the summary table; the rest are counted (every one
+#: is in report.json, and each excursion has its own row in the table below)
+IDS_SHOWN = 6
+
+
+def _ids(ids: list[str]) -> str:
+    """A rule's alarm ids for its row: the first few and how many in all (a rule firing
+    every hour of a long trip had a row of hundreds of ids spread over some 300 pages)."""
+    if not ids:
+        return "-"
+    if len(ids) <= IDS_SHOWN:
+        return ", ".join(ids)
+    return ", ".join(ids[:IDS_SHOWN]) + f", … ({len(ids)} in all)"
+
+
 def _mkt_text(mkt: dict[str, Any] | None) -> str:
     if not mkt:
         return "-"
@@ -298,7 +313,7 @@ def render(model: dict[str, Any], path: str) -> None:
         limit = " ".join(f"{k} {v}" for k, v in a["limit"].items())
         rows.append([a["sensor_id"], a["rule"], a["kind"], limit or "-", dur(a["allowed_s"]),
                      dur(a["time_out_s"]) if a["time_out_s"] is not None else "-", str(a["count"]), a["status"],
-                     ", ".join(a["alarm_ids"]) or "-"])
+                     _ids(a["alarm_ids"])])
     pdf.grid([("sensor", 10), ("rule", 24), ("type", 16), ("limit", 20), ("allowed", 18), ("time out", 18),
               ("excursions", 13), ("status", 15), ("alarms", 46)], rows, size=6.5)
     rows = [[a["sensor_id"], a["rule"], str(i), short(x["start"]), short(x["end"]) if x["end"] else "open",

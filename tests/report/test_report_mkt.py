@@ -59,3 +59,24 @@ def test_report_of_a_controlled_room_temperature_trip_gives_the_worst_30_day_win
                                               capture_output=True, text=True).stdout).replace("\u2206", "\u0394")  # the font's ∆ for Δ
     assert (f"p1: trip {num(mkt['trip']['mkt'])} Cel; USP <1079.2> 30 days window {num(usp['mkt'])} Cel "
             f"(worst window from {when(usp['start'])}); ΔH 83.144 kJ/mol") in flat
+
+
+def test_a_rule_that_fired_hundreds_of_times_lists_a_few_alarm_ids_and_counts_them_all(tmp_path: Path) -> None:
+    # Hourly readings under a 15 min "missing" rule: an alarm every hour of a 10-day trip.
+    # Its summary row had every id in one cell: a row some 300 pages long.
+    t = build_trip(tmp_path / "s.db", hours=240, interval_s=3600.0, sensors=("p1",), gps_every_s=0,
+                   ack=False, handover=False)
+    model = build(from_store(t.store, "SHP-TRIP-1"), source=source_of_store(t.store), generated_at=T0 + 241 * H)
+    t.store.close()
+    row = max(model["alarms"], key=lambda a: len(a["alarm_ids"]))
+    n = len(row["alarm_ids"])
+    assert n > 100
+    if shutil.which("pdftotext") is None:
+        pytest.skip("poppler-utils (pdftotext) not installed")
+    pdf = tmp_path / "r.pdf"
+    render_pdf(model, str(pdf))
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    flat = re.sub(r"\s+", " ", text)
+    assert f"({n} in all)" in flat and row["alarm_ids"][0] in flat
+    assert row["alarm_ids"][-1] not in flat.split("Excursions")[0]  # not listed whole in the summary row
+    assert text.count("\f") <= 5, f"{text.count(chr(12))} pages"  # 60 before
