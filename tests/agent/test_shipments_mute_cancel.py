@@ -17,34 +17,16 @@ from agent.report import build
 from agent.report.source import from_store, source_of_store
 from agent.store import Store
 from tests.agent.test_daemon import ask, events, poll, records, start, write
-from tests.agent.test_shipments_live import cli
+from tests.agent.test_shipments_live import BASE, cli
 
-CONFIG = """
-gateway_id = "gw-daemon"
-[store]
-path = "store.db"
-commit_interval_s = 0.05
-[control]
-socket = "control.sock"
-[time]
-sync_source = "assume_synced"
-[recording]
-record_interval_s = 0
-[[drivers]]
-name = "sim"
-type = "sim"
-seed = 3
-speed = 1
-sensors = [{ id = "p1", interval_s = 0.1, setpoint = {setpoint} }, { id = "p2", interval_s = 0.1 }]
+#: test_shipments_live's agent, its p1 judged by a profile whose "high" alarms at once
+CONFIG = BASE.replace('profile = "2-8C"', 'profile = "fast"') + """
 [rules.profiles.fast]
 extends = "2-8C"
 [rules.profiles.fast.rules.high]
 type = "above"
 limit = 8.0
 delay_s = 0
-[[sensors]]
-id = "p1"
-profile = "fast"
 """
 
 
