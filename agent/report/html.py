@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from agent.report.pdf import COLOURS, dur, num, when
+from agent.report.pdf import COLOURS, dur, exposure_paragraphs, mkt_window, num, when
 
 
 def _e(v: Any) -> str:
@@ -93,6 +93,7 @@ def render(m: dict[str, Any]) -> str:
                 for a in m["alarms"]])]
     for chart in m["charts"]:
         out.append(f"<h2>{_e(chart['quantity'])} ({_e(chart['unit'])})</h2>{_svg(chart)}")
+    out += ["<h2>Exposure and standards</h2>", *(f"<p>{_e(p)}</p>" for p in exposure_paragraphs(m))]
     out += ["<h2>Chain of custody</h2>", _table(["#", "when", "from", "to", "signed by", "where"],
                                                 [[c["index"], when(c["at"]), c["from"], c["to"], c["signed_by"],
                                                   c.get("where")] for c in m["custody"]]),
@@ -112,5 +113,5 @@ def _mkt(mkt: dict[str, Any] | None) -> str:
     usp = mkt.get("usp")
     text = f"trip {num(mkt['trip']['mkt'])}"
     if usp:
-        text += f"; {usp['window_s'] / 3600:g} h window {num(usp['mkt'])}"
+        text += f"; {mkt_window(usp['window_s'])} window {num(usp['mkt'])}"
     return text + f" (ΔH {mkt['dH_kJ_per_mol']} kJ/mol)"

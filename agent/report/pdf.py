@@ -176,13 +176,42 @@ def _ids(ids: list[str]) -> str:
     return ", ".join(ids[:IDS_SHOWN]) + f", … ({len(ids)} in all)"
 
 
+def exposure_paragraphs(m: dict[str, Any]) -> list[str]:
+    """The "Exposure and standards" section as paragraphs: the stability budget, freeze-thaw
+    cycles, the EN 12830 interval check and the MKT reference (the PDF and the HTML both)."""
+    sh, st, ft, en = m["shipment"], m.get("stability"), m.get("freeze_thaw"), m["standards"]["en12830"]
+    out = []
+    if st:
+        out.append(f"Stability budget: {dur(st.get('budget_s'))} allowed out of range "
+                   f"({'>= ' + num(st.get('above')) if st.get('above') is not None else ''}"
+                   f"{' or <= ' + num(st.get('below')) if st.get('below') is not None else ''} Cel) across the "
+                   f"supply chain; {dur(st.get('spent_upstream_s'))} spent upstream, {dur(st.get('spent_s'))} in this "
+                   f"shipment, {dur(st.get('remaining_s'))} remaining" + (" - EXHAUSTED" if st.get("exhausted") else "")
+                   + ".")
+    if ft:
+        out.append(f"Freeze-thaw cycles (frozen <= {ft['freeze_at']} Cel, thawed >= {ft['thaw_at']} Cel): "
+                   + ", ".join(f"{k} {v}" for k, v in ft["cycles"].items())
+                   + f"; allowed {'no limit set' if ft.get('max_cycles') is None else ft['max_cycles']}.")
+    out.append(f"{en['standard']}: a trip of {dur(en['planned_duration_s'] or sh['duration_s'])} allows a recording "
+               f"interval of at most {dur(en['max_interval_s'])}. " + "; ".join(
+                   f"{x['id']} {num(x['used_s'], 0)} s {'OK' if x['ok'] else 'TOO LONG'}" for x in en["sensors"]))
+    out.append(f"MKT: {m['standards']['mkt']['reference']}; dH {m['standards']['mkt']['dH_kJ_per_mol']} kJ/mol "
+               f"(dH/R = {m['standards']['mkt']['dH_R_K']:g} K).")
+    return out
+
+
+def mkt_window(window_s: float) -> str:
+    """An MKT window as the standards name it: ``24 h``, ``30 days``."""
+    return "24 h" if window_s == 86400 else f"{window_s / 86400:g} days"
+
+
 def _mkt_text(mkt: dict[str, Any] | None) -> str:
     if not mkt:
         return "-"
     parts = [f"trip {num(mkt['trip']['mkt'])} Cel"]
     usp = mkt.get("usp")
     if usp:
-        span = "24 h" if usp["window_s"] == 86400 else f"{usp['window_s'] / 86400:g} days"
+        span = mkt_window(usp["window_s"])
         tail = "" if usp["complete"] else f", trip shorter: over {dur(usp['span_s'])}"
         parts.append(f"USP <1079.2> {span} window {num(usp['mkt'])} Cel (worst window from {when(usp['start'])}{tail})")
     return "; ".join(parts) + f"; ΔH {mkt['dH_kJ_per_mol']} kJ/mol"
@@ -352,22 +381,8 @@ def render(model: dict[str, Any], path: str) -> None:
               rows or [["-", "no handover recorded", "", "", "", "", ""]])
 
     pdf.heading("Exposure and standards")
-    st, ft, en = m.get("stability"), m.get("freeze_thaw"), m["standards"]["en12830"]
-    if st:
-        pdf.para(f"Stability budget: {dur(st.get('budget_s'))} allowed out of range "
-                 f"({'>= ' + num(st.get('above')) if st.get('above') is not None else ''}"
-                 f"{' or <= ' + num(st.get('below')) if st.get('below') is not None else ''} Cel) across the supply "
-                 f"chain; {dur(st.get('spent_upstream_s'))} spent upstream, {dur(st.get('spent_s'))} in this shipment, "
-                 f"{dur(st.get('remaining_s'))} remaining" + (" - EXHAUSTED" if st.get("exhausted") else "") + ".")
-    if ft:
-        pdf.para(f"Freeze-thaw cycles (frozen <= {ft['freeze_at']} Cel, thawed >= {ft['thaw_at']} Cel): "
-                 + ", ".join(f"{k} {v}" for k, v in ft["cycles"].items())
-                 + f"; allowed {'no limit set' if ft.get('max_cycles') is None else ft['max_cycles']}.")
-    pdf.para(f"{en['standard']}: a trip of {dur(en['planned_duration_s'] or sh['duration_s'])} allows a recording "
-             f"interval of at most {dur(en['max_interval_s'])}. " + "; ".join(
-                 f"{x['id']} {num(x['used_s'], 0)} s {'OK' if x['ok'] else 'TOO LONG'}" for x in en["sensors"]))
-    pdf.para(f"MKT: {m['standards']['mkt']['reference']}; dH {m['standards']['mkt']['dH_kJ_per_mol']} kJ/mol "
-             f"(dH/R = {m['standards']['mkt']['dH_R_K']:g} K).")
+    for text in exposure_paragraphs(m):
+        pdf.para(text)
 
     pdf.heading("Completeness and integrity")
     integ = m["integrity"]

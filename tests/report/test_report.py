@@ -4,6 +4,7 @@ rendered to an image, gateway and receiver agreeing, the CLI, the export re-veri
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 import re
@@ -360,8 +361,10 @@ def test_pdf_counts_the_freeze_thaw_cycles_the_readings_show_against_the_cycles_
         cycles[sid] = n
     assert cycles == {"p1": 0, "p2": 2}
     allowed = "no limit set" if max_cycles is None else f"{max_cycles}"
-    assert (f"Freeze-thaw cycles (frozen <= 0 Cel, thawed >= 2 Cel): p1 {cycles['p1']}, p2 {cycles['p2']}; "
-            f"allowed {allowed}.") in flat
+    line = (f"Freeze-thaw cycles (frozen <= 0 Cel, thawed >= 2 Cel): p1 {cycles['p1']}, p2 {cycles['p2']}; "
+            f"allowed {allowed}.")
+    assert line in flat
+    assert line in html.unescape(render_html(model)), "the HTML report says it too"
     reason = f"{max(cycles.values())} freeze-thaw cycle(s)" + (f", more than the {max_cycles} allowed"
                                                                 if max_cycles is not None else "")
     assert reason in model["verdict"]["reasons"] and reason in flat
@@ -382,8 +385,10 @@ def test_pdf_marks_a_recording_interval_too_long_for_en12830_and_says_why(tmp_pa
         pts = _readings(recs, sid)
         used[sid] = statistics.median(b[0] - a[0] for a, b in zip(pts, pts[1:], strict=False))
     assert used == {"p1": 600.0, "p2": 600.0}
-    assert (f"EN 12830 (transport recorders): a trip of {dur(12 * H)} allows a recording interval of at most "
-            f"{dur(allowed)}. p1 {used['p1']:.0f} s TOO LONG; p2 {used['p2']:.0f} s TOO LONG") in flat
+    line = (f"EN 12830 (transport recorders): a trip of {dur(12 * H)} allows a recording interval of at most "
+            f"{dur(allowed)}. p1 {used['p1']:.0f} s TOO LONG; p2 {used['p2']:.0f} s TOO LONG")
+    assert line in flat
+    assert line in html.unescape(render_html(model)), "the HTML report says it too"
     for sid in ("p1", "p2"):
         reason = f"{sid}: recorded every {used[sid]:g} s, EN 12830 allows {allowed:g} s for this trip"
         assert reason in model["verdict"]["reasons"] and reason in flat

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.report import build, render_pdf
+from agent.report import build, render_html, render_pdf
 from agent.report.pdf import num, when
 from agent.report.source import from_store, source_of_store
 from agent.timebase import rfc3339
@@ -51,6 +51,7 @@ def test_report_of_a_controlled_room_temperature_trip_gives_the_worst_30_day_win
     assert usp["mkt"] == pytest.approx(_mkt([(240, 25.0), (480, 20.0)]), abs=1e-6)
     assert mkt["trip"]["mkt"] == pytest.approx(_mkt([(25 - 600 / H, 2.0), (240, 25.0), (480, 20.0)]), abs=1e-6)
     assert mkt["trip"]["mkt"] < usp["mkt"]
+    assert f"30 days window {num(usp['mkt'])}" in render_html(model)  # not "720 h"
     if shutil.which("pdftotext") is None:
         pytest.skip("poppler-utils (pdftotext) not installed")
     pdf = tmp_path / "r.pdf"
