@@ -97,3 +97,27 @@ def test_sigterm_to_the_demo_stops_both_processes_cleanly_and_json_progress_is_o
     log = (tmp_path / "data" / "demo.log").read_text()
     assert "stopping: committing what is held" in log  # the agent shut down, not killed
     assert final[-1]["receiver"]["gateways"]["demo-gw-01"]["verdict"] == "complete-and-verified"
+
+
+def test_the_demos_shipment_holds_probe_3s_excursion_and_its_trip_report_shows_the_alarm(tmp_path: Path) -> None:
+    import json
+
+    cfg = demo_config(tmp_path)
+    text = cfg.read_text()
+    shipped = "{ at_s = 60, duration_s = 120, to = 11.0, ramp_s = 20 }"
+    assert shipped in text
+    # the shipped excursion, sooner (60 s in as shipped): it starts once the shipment judges
+    cfg.write_text(text.replace(shipped, "{ at_s = 15, duration_s = 50, to = 11.0, ramp_s = 5 }"))
+    out = subprocess.run([sys.executable, "-m", "agent", "demo", "--config", str(cfg), "--seconds", "75",
+                          "--every", "5", "--json"], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    final = json.loads(out.stdout.splitlines()[-1])
+    assert final["receiver"]["gateways"]["demo-gw-01"]["verdict"] == "complete-and-verified"
+    sid = final["shipment"]
+    report = subprocess.run([sys.executable, "-m", "agent", "report", sid, "--config", str(cfg), "--json"],
+                            capture_output=True, text=True, timeout=120)
+    model = json.loads(report.stdout)
+    high = [a for a in model["alarms"] if a["sensor_id"] == "probe-3" and a["rule"] == "high"]
+    assert high and high[0]["alarm_ids"] and high[0]["excursions"], model["alarms"]
+    assert model["verdict"]["status"] != "OK"
+    assert any(str(tmp_path / "data" / f"{sid}.html") == f for f in final["trip_report"])
