@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.exc import ReportError
+from agent.protocol import is_checkpoint
 
 
 @dataclass
@@ -40,8 +41,7 @@ class Selection:
 def seals(rec: Mapping[str, Any], last_seq: int) -> bool:
     """Whether ``rec`` is a chain_checkpoint whose head is at or after ``last_seq``."""
     d = rec.get("details")
-    return (rec.get("type") == "event" and rec.get("event") == "chain_checkpoint" and isinstance(d, dict)
-            and type(d.get("head_seq")) is int and d["head_seq"] >= last_seq)
+    return is_checkpoint(rec) and isinstance(d, dict) and type(d.get("head_seq")) is int and d["head_seq"] >= last_seq
 
 
 def seal_of(after: Iterable[Mapping[str, Any]], last_seq: int) -> list[dict[str, Any]]:
