@@ -2,7 +2,8 @@
 
 What lives here, and only here:
 
-* canonical JSON (RFC 8785, through the ``rfc8785`` library and nothing else) and the
+* canonical JSON (RFC 8785: the ``rfc8785`` library, and :func:`canonical_stdlib`, the
+  standard library's C encoder on the values where it writes the same bytes) and the
   record hash ``SHA-256(prev_hash || JCS(record without "hash"))``;
 * record and chain verification (:func:`verify_record`, :class:`ChainVerifier`);
 * batch framing (:func:`frame_batch`) and the Idempotency-Key (:func:`idempotency_key`,
@@ -55,6 +56,62 @@ def canonical(obj: Any) -> bytes:
         return rfc8785.dumps(obj)
     except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
         raise Uncanonical(f"no canonical JSON form: {exc}") from None
+
+
+_STDLIB = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")).encode
+_BIG = 2**53
+
+
+def _stdlib_domain(v: Any, depth: int = 0) -> bool:
+    """True where Python's JSON encoder writes ``v`` as RFC 8785 does.
+
+    Strings (the encoder escapes ``"``, ``\\`` and U+0000–U+001F with the short forms and
+    lowercase ``\\u00xx``, as ECMAScript does; a lone surrogate fails the UTF-8 encoding
+    later), booleans, null, integers within ±2**53, floats that are not integral and lie in
+    [1e-4, 1e16) (there both languages write the shortest round-trip decimal without an
+    exponent; ``25.0`` is ``25`` in ECMAScript, and exponents are written differently), and
+    objects with ASCII keys (sorted by code point = by UTF-16 unit) and arrays of these.
+    """
+    t = type(v)
+    if t is dict:
+        if depth > MAX_DEPTH:
+            return False
+        for k, x in v.items():  # scalars inline: a flat record costs no call per member
+            if type(k) is not str or not k.isascii():
+                return False
+            tx = type(x)
+            if tx is str or tx is bool or x is None:
+                continue
+            if tx is float:
+                if x.is_integer() or not 1e-4 <= abs(x) < 1e16:  # NaN and infinities fail the range
+                    return False
+            elif tx is int:
+                if not -_BIG < x < _BIG:
+                    return False
+            elif not _stdlib_domain(x, depth + 1):
+                return False
+        return True
+    if t is list:
+        return depth <= MAX_DEPTH and all(_stdlib_domain({"": x}, depth + 1) for x in v)
+    return False
+
+
+def canonical_stdlib(obj: Mapping[str, Any]) -> bytes | None:
+    """RFC 8785 canonical JSON of ``obj`` by the standard library's C encoder, or None outside
+    the values where that is exact (see :func:`_stdlib_domain`); then use :func:`canonical`.
+
+    About six times faster than the library, which is what lets a receiver verify every
+    record of a fleet as it arrives. It is a second implementation, independent of the
+    producer's fast path, and a property test holds it byte for byte to ``rfc8785``; a
+    receiver that finds a hash mismatch on it confirms with :func:`canonical` before it
+    calls the record broken.
+    """
+    if not _stdlib_domain(obj):
+        return None
+    try:
+        return _STDLIB(obj).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, TypeError):
+        return None
 
 
 def record_hash(prev_hash: str, body: bytes) -> str:

@@ -151,7 +151,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.protocol import Uncanonical, canonical, record_hash
+from agent.protocol import Uncanonical, canonical, canonical_stdlib, record_hash
 from agent.receiver.backends import open_storage
 from agent.receiver.faults import Fault, FaultPlan
 from agent.receiver.registry import Registry
@@ -186,9 +186,13 @@ log = logging.getLogger("agent.receiver")
 
 def _canonical_and_verified(record: Mapping[str, Any]) -> tuple[str, bool]:
     """The record without ``hash`` as canonical JSON (what the hash covers), and whether its hash matches."""
-    body = {k: v for k, v in record.items() if k != "hash"}
+    body = dict(record)
+    del body["hash"]
+    fast = canonical_stdlib(body)  # the standard library's encoder, never the producer's fast path
+    if fast is not None and record_hash(record["prev_hash"], fast) == record["hash"]:
+        return fast.decode("utf-8"), True
     try:
-        canon = canonical(body)  # rfc8785 itself: never the producer's fast path
+        canon = canonical(body)  # rfc8785 itself, for everything else and to confirm a mismatch
     except Uncanonical:  # content with no canonical form (a lone surrogate, 2**60…) cannot verify
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True), False
     return canon.decode("utf-8"), record_hash(record["prev_hash"], canon) == record["hash"]

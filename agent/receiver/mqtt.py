@@ -175,8 +175,7 @@ class MqttConsumer:
         try:
             env = wire.decode_envelope(payload)
             key, attempt = env.idempotency_key, env.attempt
-            body = validate.decode_body(env.body, env.content_encoding, self.receiver.max_body)
-            batch = validate.validate_batch(validate.parse_json(body), key)
+            batch = validate.read_batch(env.body, env.content_encoding, self.receiver.max_body, key)
         except wire.EnvelopeError as exc:
             log.warning("receiver: 400 from %s: %s", gateway, exc)
             return Outcome(acks, wire.encode_answer(None, exc.attempt, 400, {"error": str(exc)}), 400)

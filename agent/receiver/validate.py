@@ -101,12 +101,15 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def check_size(body: bytes) -> None:
-    """Refuse (413) a body with more values than a batch can hold, before parsing allocates them."""
+def check_size(body: bytes) -> int:
+    """Refuse (413) a body with more values than a batch can hold, before parsing allocates them;
+    the count of ``{`` and ``[`` in it (an upper bound of its objects and arrays)."""
     if body.count(b",") > VALUES_PER_RECORD * MAX_RECORDS:
         raise TooLarge(f"body holds more JSON values than a batch may ({VALUES_PER_RECORD * MAX_RECORDS})")
-    if body.count(b"{") + body.count(b"[") > CONTAINERS_PER_RECORD * MAX_RECORDS:
+    containers = body.count(b"{") + body.count(b"[")
+    if containers > CONTAINERS_PER_RECORD * MAX_RECORDS:
         raise TooLarge(f"body holds more objects and arrays than a batch may ({CONTAINERS_PER_RECORD * MAX_RECORDS})")
+    return containers
 
 
 def parse_json(body: bytes) -> Any:
@@ -233,8 +236,14 @@ def _check_config(cfg: Any, problems: list[str]) -> dict[str, Any] | None:
     return cfg
 
 
-def validate_batch(doc: Any, idempotency_key: str | None) -> Batch:
-    """The batch in ``doc``, or :class:`SchemaViolation` listing every problem found."""
+def validate_batch(doc: Any, idempotency_key: str | None, *, containers: int | None = None) -> Batch:
+    """The batch in ``doc``, or :class:`SchemaViolation` listing every problem found.
+
+    ``containers``: how many ``{`` and ``[`` the body's bytes hold, when known; when that
+    is no more than the batch's own objects and arrays (root, ``records``, ``config``, one
+    object per record), no record nests anything and the depth check is skipped (a
+    bracket inside a string only makes the count larger, never smaller).
+    """
     problems: list[str] = []
     if not isinstance(doc, dict):
         raise SchemaViolation("body must be a JSON object", ["<root>: must be an object"])
@@ -254,10 +263,11 @@ def validate_batch(doc: Any, idempotency_key: str | None) -> Batch:
     elif len(records) > MAX_RECORDS:
         problems.append(f"records: {len(records)} in one batch, more than {MAX_RECORDS}")
         records = []
+    flat = containers is not None and containers <= 2 + len(records) + (type(doc.get("config")) is dict)
     for i, r in enumerate(records):
         if not _quick_ok(r):
             _check_record(i, r, problems)
-        if isinstance(r, dict) and any(type(v) in (dict, list) for v in r.values()):
+        if not flat and isinstance(r, dict) and any(type(v) in (dict, list) for v in r.values()):
             _check_depth(i, r, problems)
         if len(problems) >= MAX_PROBLEMS:
             break
@@ -291,5 +301,5 @@ def read_batch(raw: bytes, encoding: str | None, max_bytes: int, idempotency_key
     For every front end (HTTP, an MQTT consumer): the bounds then hold whichever way a batch came.
     """
     body = decode_body(raw, encoding, max_bytes)
-    check_size(body)
-    return validate_batch(parse_json(body), idempotency_key)
+    containers = check_size(body)
+    return validate_batch(parse_json(body), idempotency_key, containers=containers)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -70,6 +71,36 @@ def test_producer_fast_path_and_protocol_canonical_agree_on_generated_records(re
     # what the store writes verifies by the protocol, and the record as parsed from the wire too
     assert protocol.verify_record({**record, "hash": h})
     assert protocol.verify_record(json.loads(json.dumps({**record, "hash": h})))
+
+
+_any_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**60), max_value=2**60),
+              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _any_json, max_size=8))
+def test_the_stdlib_encoder_path_writes_rfc8785_bytes_or_declines(record: dict) -> None:
+    got = protocol.canonical_stdlib(record)
+    if got is None:
+        return
+    assert got == rfc8785.dumps(record)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_records)
+def test_the_stdlib_encoder_path_takes_every_ordinary_record(record: dict) -> None:
+    record = {k: v for k, v in record.items() if k.isascii()}  # what the agent writes: ASCII keys
+    record.update({"value": 4.25, "raw": "x", "details": {"n": 3, "s": "ok"}})
+    assert protocol.canonical_stdlib(record) == protocol.canonical(record)
+
+
+@pytest.mark.parametrize("value", [25.0, -0.0, 1e-7, 1e16, 2**53, 2**60, float("nan"), "\udc00", {"ü": 1}, (1, 2)])
+def test_the_stdlib_encoder_path_declines_what_it_would_write_otherwise_than_rfc8785(value: object) -> None:
+    assert protocol.canonical_stdlib({"value": value}) is None
 
 
 def _old_splice(gateway_id: str, sent_at: str, batch: list[tuple[int, str, str]]) -> bytes:

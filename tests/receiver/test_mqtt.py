@@ -142,6 +142,9 @@ def test_a_batch_on_another_gateways_topic_is_refused_403_and_not_stored(broker:
     (b"not an envelope", 400),
     (wire.encode_envelope("gw-1:s:1-1", b'{"protocol": 1}', "a1"), 422),
     (wire.encode_envelope("gw-1:s:1-1", b"\x1f\x8b garbage", "a1").replace(b'"identity"', b'"gzip"'), 400),
+    # a small gzip of millions of values: counted and refused before it is parsed, as over HTTP
+    (wire.encode_envelope("gw-1:s:1-1", b'{"protocol":1,"records":[' + b"{}," * ((8 << 20) // 3 - 20) + b"{}]}", "a1"),
+     413),
 ])
 def test_a_malformed_batch_is_answered_with_the_protocols_status(broker: Mosquitto, tmp_path: Path,
                                                                  closing: list[Any], payload: bytes,
