@@ -205,3 +205,20 @@ def test_a_batch_whose_last_write_fails_stores_nothing_and_the_next_batch_goes_i
         assert rx.store_batch(_batch(recs[2:])) == {"stored": 3, "duplicates": 1, "conflicts": 0}
         s = rx.report()["gateways"][GATEWAY]["streams"][chain.stream]
         assert (s["records"], s["verdict"]) == (6, "complete-and-verified")
+
+
+def test_backslashes_tabs_and_newlines_in_values_are_stored_byte_for_byte_and_verify_on_both_backends(db: str) -> None:
+    # PostgreSQL takes a batch's rows by COPY in its text format, where these are escapes
+    chain = Chain()
+    recs = [
+        chain.event("operator\\note", {"text": "line 1\nline 2\tcol \\N \\\\ C:\\temp\r", "path": "a\\b"}),
+        chain.alarm(alarm_id="a\\1"),
+        chain.reading(sensor_id="probe\\N"),
+    ]
+    with Receiver(db) as rx:
+        assert rx.store_batch(_batch(recs)) == {"stored": 3, "duplicates": 0, "conflicts": 0}
+        stored = rx.records(GATEWAY)
+        assert stored == [json.loads(json.dumps(r)) for r in recs]
+        assert rx.store.events(GATEWAY, chain.stream, "operator\\note")[0][1] == stored[0]  # the event column too
+        s = rx.report()["gateways"][GATEWAY]["streams"][chain.stream]
+        assert s["verdict"] == "complete-and-verified", s
