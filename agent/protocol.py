@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import json
+import json.encoder
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,8 +59,23 @@ def canonical(obj: Any) -> bytes:
         raise Uncanonical(f"no canonical JSON form: {exc}") from None
 
 
-_STDLIB = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")).encode
+def _refuse(o: Any) -> Any:
+    raise TypeError(f"{type(o).__name__} is not JSON")
+
+
+def _stdlib_encoder() -> Any:
+    """The standard library's JSON encoder with RFC 8785's separators and sorted keys: its C
+    encoder called directly when there is one (``JSONEncoder.encode`` builds one per call)."""
+    c_make, c_string = json.encoder.c_make_encoder, json.encoder.c_encode_basestring  # type: ignore[attr-defined]
+    if c_make is None or c_string is None:  # pragma: no cover - CPython without _json
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")).encode
+    encoder = c_make(None, _refuse, c_string, None, ":", ",", True, False, False)
+    return lambda obj: "".join(encoder(obj, 0))
+
+
+_STDLIB = _stdlib_encoder()
 _BIG = 2**53
+_PLAIN = frozenset({str, bool, type(None)})  # written alike by both, whatever the value
 
 
 def _stdlib_domain(v: Any, depth: int = 0) -> bool:
@@ -76,11 +92,14 @@ def _stdlib_domain(v: Any, depth: int = 0) -> bool:
     if t is dict:
         if depth > MAX_DEPTH:
             return False
-        for k, x in v.items():  # scalars inline: a flat record costs no call per member
-            if type(k) is not str or not k.isascii():
+        try:
+            if not "".join(v).isascii():  # the keys (a key that is no string is a TypeError)
                 return False
+        except TypeError:
+            return False
+        for x in v.values():  # scalars inline: a flat record costs no call per member
             tx = type(x)
-            if tx is str or tx is bool or x is None:
+            if tx in _PLAIN:
                 continue
             if tx is float:
                 if x.is_integer() or not 1e-4 <= abs(x) < 1e16:  # NaN and infinities fail the range
@@ -110,7 +129,7 @@ def canonical_stdlib(obj: Mapping[str, Any]) -> bytes | None:
         return None
     try:
         return _STDLIB(obj).encode("utf-8")
-    except (UnicodeEncodeError, ValueError, TypeError):
+    except (UnicodeEncodeError, ValueError, TypeError, RecursionError):
         return None
 
 

@@ -332,6 +332,12 @@ class BatchHandler(BaseHTTPRequestHandler):
             log.warning("receiver: %d from %s: %s %s", exc.status, self.address_string(), exc, exc.problems[:3])
             self._send_json(exc.status, exc.as_json())
             return
+        except Exception as exc:  # noqa: BLE001 - a validator's bug: a 500 and one line, not a dropped connection
+            log.error("receiver: 500 for a batch from %s: %s: %s", self.address_string(), type(exc).__name__,
+                      str(exc)[:300])
+            self.close_connection = True
+            self._send_json(500, {"error": f"internal error: {type(exc).__name__}"})
+            return
         if caller != "*" and batch.gateway_id != caller:
             log.warning("receiver: 403 from %s: a batch for %r with %r's token", self.address_string(),
                         batch.gateway_id, caller)

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import http.client
 import json
 import os
 import random
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +56,11 @@ class Gateway:
         self.stream = str(uuid.UUID(int=rng.getrandbits(128)))
         self.requests: list[tuple[bytes, str, int]] = []  # (gzip body, key, records)
 
+    def request_head(self, key: str, length: int, port: int) -> bytes:
+        return (f"POST /v1/batches HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Encoding: gzip\r\nIdempotency-Key: {key}\r\nAuthorization: Bearer {self.token}\r\n"
+                f"Content-Length: {length}\r\n\r\n").encode()
+
     def build(self, n: int, rng: random.Random, resend_share: float) -> int:
         prev, seq, stored = ZERO_HASH, 0, []
         for _ in range(n):
@@ -80,6 +85,41 @@ class Gateway:
                 self.requests.append(req)
                 sent += len(batch)
         return sent
+
+
+class RawHttp:
+    """A keep-alive HTTP/1.1 client on a bare socket: one ``sendall`` per request, the answer's
+    status and body by ``Content-Length``. The generator shares the 2 cores with what it
+    measures; ``http.client`` spent ~300 µs of CPU per request (its header parsing is the
+    email package's), this about a tenth of that."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def post(self, request: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(request)
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = next(int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
+                      if k.strip().lower() == b"content-length")
+        while len(self.buf) < length:
+            self._more()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, body
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the receiver closed the connection")
+        self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def cpu_s(pids: list[int]) -> float:
@@ -142,7 +182,8 @@ def run(n_receivers: int, fleet: list[Gateway], template: Path, threads: int, tm
 
         def sender(k: int) -> None:
             mine = [g for j, g in enumerate(fleet) if j % threads == k]
-            conn = http.client.HTTPConnection("127.0.0.1", ports[k % len(ports)], timeout=60)
+            port = ports[k % len(ports)]
+            conn = RawHttp("127.0.0.1", port)
             cursors = [0] * len(mine)
             lat: list[float] = []
             n = 0
@@ -155,15 +196,11 @@ def run(n_receivers: int, fleet: list[Gateway], template: Path, threads: int, tm
                     cursors[gi] += 1
                     progressed = True
                     t0 = time.perf_counter()
-                    conn.request("POST", "/v1/batches", body, {
-                        "Content-Type": "application/json", "Content-Encoding": "gzip", "Idempotency-Key": key,
-                        "Authorization": f"Bearer {g.token}"})
-                    resp = conn.getresponse()
-                    data = resp.read()
+                    status, data = conn.post(g.request_head(key, len(body), port) + body)
                     lat.append(time.perf_counter() - t0)
-                    if resp.status != 200:
+                    if status != 200:
                         with lock:
-                            errors.append(f"{resp.status} {data[:200]!r}")
+                            errors.append(f"{status} {data[:200]!r}")
                         continue
                     n += json.loads(data)["stored"]
                 if not progressed:

@@ -105,11 +105,35 @@ def test_a_record_nested_700_deep_is_a_422_with_its_path_and_the_connection_stay
     assert rx.client.post(recs[:1]).status_code == 200  # same keep-alive session: nothing was dropped
 
 
+@pytest.mark.parametrize("field, value", [
+    ("time_quality", ["synced"]), ("type", {"reading": 1}), ("ts", "2026-11-23T08:15:02.125Z\n"),
+    ("hash", "0" * 64 + "\n"), ("prev_hash", ["0" * 64]),
+])
+def test_a_list_object_or_trailing_newline_where_a_word_belongs_is_a_422_naming_it(rx: Any, field: str,
+                                                                                  value: Any) -> None:
+    recs = [{**Chain().reading(), field: value}]
+    r = rx.client.post(recs)
+    assert r.status_code == 422, r.text
+    assert any(p.startswith(f"records[0].{field}: must be") for p in r.json()["problems"]), r.json()
+    assert rx.client.post(Chain().readings(1)).status_code == 200  # same keep-alive session: nothing was dropped
+
+
 def test_an_unexpected_error_is_a_500_with_a_body_not_a_dropped_connection(rx: Any, monkeypatch: Any) -> None:
     def broken(batch: Any) -> Any:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(rx.receiver, "store_batch", broken)
+    r = rx.client.post(Chain().readings(1))
+    assert r.status_code == 500 and r.json() == {"error": "internal error: RuntimeError"}
+
+
+def test_a_validator_bug_is_a_500_with_a_body_not_a_dropped_connection(rx: Any, monkeypatch: Any) -> None:
+    from agent.receiver import validate
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(validate, "read_batch", broken)
     r = rx.client.post(Chain().readings(1))
     assert r.status_code == 500 and r.json() == {"error": "internal error: RuntimeError"}
 
