@@ -239,9 +239,10 @@ class PgStorage(SqlStorage):
 
 
 class _Batched:
-    """A transaction as two simple queries on libpq itself, values quoted by libpq.
+    """A transaction on libpq itself, values quoted by libpq: a batch is three round trips.
 
-    Statements are held until the caller reads a result (:meth:`fetchall`) or commits;
+    Statements are held until the caller reads a result (:meth:`fetchall`), copies rows
+    (:meth:`copy_rows`, its own round trip) or commits;
     then everything held goes in one ``PQexec`` (several statements, one round trip, the
     GIL released while it waits): ``BEGIN`` with the first, ``COMMIT`` with the last. Each
     ``%s`` takes a value's SQL literal: strings by ``PQescapeLiteral`` (which knows the
@@ -339,7 +340,12 @@ class _Batched:
             message = res.error_message.decode("utf-8", "replace").strip()
         message = message or self._pg.error_message.decode("utf-8", "replace").strip() or "no answer from the database"
         sqlstate = res.error_field(pq.DiagnosticField.SQLSTATE) if res is not None else None
-        cls = psycopg.errors.lookup(sqlstate.decode()) if sqlstate else psycopg.OperationalError
+        cls: type[Exception] = psycopg.OperationalError
+        if sqlstate:
+            try:
+                cls = psycopg.errors.lookup(sqlstate.decode())
+            except KeyError:  # a SQLSTATE this psycopg does not know
+                cls = psycopg.DatabaseError
         raise cls(message)
 
 
@@ -355,11 +361,11 @@ def _copy_text(v: str) -> str:
 
 
 def _wait(fd: int, *, write: bool = False) -> None:
-    """Until the socket is readable (or writable); the GIL is released meanwhile."""
-    if write:
-        select.select([], [fd], [fd], 30.0)
-    else:
-        select.select([fd], [], [fd], 30.0)
+    """Until the socket is readable (or writable), or 30 s; the GIL is released meanwhile.
+    ``poll``, not ``select``: a busy receiver's descriptors may lie beyond ``FD_SETSIZE``."""
+    p = select.poll()
+    p.register(fd, (select.POLLOUT if write else select.POLLIN) | select.POLLERR | select.POLLHUP)
+    p.poll(30_000)
 
 
 def _as_str(v: bytes | None) -> str | None:

@@ -222,3 +222,22 @@ def test_backslashes_tabs_and_newlines_in_values_are_stored_byte_for_byte_and_ve
         assert rx.store.events(GATEWAY, chain.stream, "operator\\note")[0][1] == stored[0]  # the event column too
         s = rx.report()["gateways"][GATEWAY]["streams"][chain.stream]
         assert s["verdict"] == "complete-and-verified", s
+
+
+def test_a_row_postgresql_refuses_inside_the_copy_fails_the_batch_as_storage_unavailable_and_stores_nothing(
+        postgres: Any) -> None:
+    from agent.receiver import StorageUnavailable
+    from agent.receiver.pg_backend import PgStorage
+
+    store = PgStorage(postgres.url)
+    row = (GATEWAY, "s-1", 1, "reading", None, None, None, "2026-11-23T08:15:02.125Z", "synced", "0" * 64,
+           "1" * 64, True, True, "2026-11-23T08:15:03.000Z", '{"a":"tab\\there"}')
+    try:
+        with pytest.raises(StorageUnavailable, match="duplicate key"):
+            with store._transaction() as cur:
+                store._insert_records(cur, [row, row])  # the same key twice: the COPY is refused
+        with store._transaction() as cur:
+            store._insert_records(cur, [row])
+        assert store._query("SELECT seq, body FROM records") == [(1, '{"a":"tab\\there"}')]
+    finally:
+        store.close()
