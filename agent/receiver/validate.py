@@ -39,11 +39,13 @@ MAX_RECORDS = 5000
 VALUES_PER_RECORD = 64
 #: objects and arrays per record, on average over a batch
 CONTAINERS_PER_RECORD = 16
+_TS = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z"
+_HEX = r"[0-9a-f]{64}"
 # \Z, not $: "$" also matches before a trailing newline
-TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z\Z", re.ASCII)
-HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+TIMESTAMP = re.compile(_TS + r"\Z", re.ASCII)
+HEX64 = re.compile(_HEX + r"\Z")
 #: a reading's ts, prev_hash and hash joined by spaces, checked in one match
-_TS_PREV_HASH = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z [0-9a-f]{64} [0-9a-f]{64}", re.ASCII)
+_TS_PREV_HASH = re.compile(f"{_TS} {_HEX} {_HEX}", re.ASCII)
 TYPES = {"reading", "alarm", "event"}
 TIME_QUALITIES = {"synced", "unsynced", "corrected"}
 ALARM_STATES = {"raised", "cleared", "acknowledged"}
