@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from drivers.base import Options, Reading
 from drivers.checksums import ChecksumError, crc16_xmodem, nmea_xor
 from drivers.exc import DecodeError
-from drivers.serialport import LineDriver, SerialOptions
+from drivers.serialport import LineDriver, LineOptions
 
 
 class AsciiField(Options):
@@ -49,7 +49,7 @@ class AsciiField(Options):
     invalid: list[str] = Field(default_factory=list, description="texts that mean 'not available'")
 
 
-class AsciiOptions(SerialOptions):
+class AsciiOptions(LineOptions):
     """Options of an ``ascii`` driver."""
 
     format: Literal["regex", "csv"]

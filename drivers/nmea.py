@@ -44,7 +44,7 @@ from drivers.base import Reading
 from drivers.checksums import ChecksumError, nmea_xor
 from drivers.exc import DecodeError
 from drivers.fields import MAX_SECONDS
-from drivers.serialport import LineDriver, SerialOptions
+from drivers.serialport import LineDriver, LineOptions
 
 KNOT_MPS = 0.514444
 DEFAULT_TALKERS = ("GP", "GN", "GL", "GA", "GB")
@@ -381,7 +381,7 @@ def decode_nmea(line: str, *, sensor_id: str = "gps") -> list[Reading]:
     return tracker.flush()
 
 
-class NmeaOptions(SerialOptions):
+class NmeaOptions(LineOptions):
     """Options of an ``nmea`` driver."""
 
     sensor_id: str = Field(default="gps", min_length=1, description="sensor id the readings carry")

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import select
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,23 @@ class SerialOptions(Options):
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["N", "E", "O", "M", "S"] = "N"
     stopbits: StopBits = 1
+
+
+#: A read of at least this many bytes is followed by the next one at once, not after
+#: ``gather_s``: input that fast (a flood, a high baud rate) is read flat out, and a
+#: tty's 4 KiB line buffer is never left to fill while the driver waits.
+GATHER_BELOW = 1024
+
+
+class LineOptions(SerialOptions):
+    """The options of a driver that reads text lines (ASCII loggers, NMEA)."""
+
+    gather_s: float = Field(
+        default=0.05, ge=0, le=0.5,
+        description="after a read, let the port's buffer gather input this long before the next read: "
+                    "one wake-up for several lines (CPU) against at most this much latency; 0 reads each "
+                    "line as it comes",
+    )
 
 
 class _SocketPort(protocol_socket.Serial):
@@ -145,11 +163,26 @@ class LineReader:
     max_line: int = 1024
     counters: Counter[str] = field(default_factory=Counter)
     name: str = ""
+    #: after a read smaller than GATHER_BELOW, the next one waits this long (``pause``)
+    gather_s: float = 0.0
+    #: waits ``gather_s``; returns True when the driver is stopping (a stop never waits it out)
+    pause: Callable[[float], Any] = time.sleep
     _buf: bytearray = field(default_factory=bytearray)
+    _gather_until: float = 0.0
     _discarding: bool = False
 
     def read_lines(self, timeout: float) -> list[bytes]:
-        """Wait up to ``timeout`` s for bytes; return the complete lines they finish."""
+        """Wait up to ``timeout`` s for bytes; return the complete lines they finish.
+
+        After a small read, the port is left ``gather_s`` to collect what follows before
+        it is read again, so a steady trickle of lines costs one wake-up per ``gather_s``,
+        not one per line. What waits meanwhile stays in the tty's buffer, not in the agent.
+        """
+        if self._gather_until:
+            left = self._gather_until - time.monotonic()
+            self._gather_until = 0.0
+            if left > 0 and self.pause(min(left, timeout)):
+                return []
         try:
             fd = _posix_fd(self.port)
             if fd is not None:
@@ -166,6 +199,8 @@ class LineReader:
             raise io_error(exc, self.name or str(getattr(self.port, "port", "?"))) from exc
         if not data:
             return []
+        if self.gather_s and len(data) < GATHER_BELOW:
+            self._gather_until = time.monotonic() + self.gather_s
         self.counters["bytes"] += len(data)
         return list(self.feed(data))
 
@@ -277,7 +312,8 @@ class LineDriver(Driver):
 
     def _open(self) -> None:
         self._port = open_port(self.options, timeout=self.read_timeout_s, driver=self.name)
-        self._lines = LineReader(self._port, self.options.max_line, self.status.counters, self.options.port)
+        self._lines = LineReader(self._port, self.options.max_line, self.status.counters, self.options.port,
+                                 gather_s=getattr(self.options, "gather_s", 0.0), pause=self._stop_flag.wait)
 
     def _decode(self, raw: bytes, parse: Callable[[str], T]) -> T | None:
         """``parse(line)``, or None with the failure counted and logged at a limited rate."""
