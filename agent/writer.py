@@ -6,9 +6,11 @@ timeline its times are on, :mod:`agent.timeline`, resumed when the store opens).
 
 1. take entries from the :class:`~agent.intake.Intake` (readings, events, driver
    state, calls) and run the readings through the :class:`~agent.ingest.Ingest`;
-2. commit when ``commit_max`` records are pending, or the oldest has waited
-   ``commit_interval_s``, or an alarm is among them (then at once): crash loss is
-   bounded both in records and in seconds, at every rate;
+2. commit when ``commit_max`` records are pending, or ``commit_interval_s`` has passed
+   since the last commit (at once, after a quiet spell), or an alarm is among them (then
+   at once): no record waits longer than ``commit_interval_s`` and commits are at most
+   one an interval, so crash loss is bounded both in records and in seconds, at every
+   rate, and a drivers' gathered read is durable as soon as it arrives;
 3. after each commit, wake the uplink (``on_commit``): a reading goes out within
    moments of its commit, not after an idle poll.
 
@@ -67,9 +69,6 @@ TX_MAX = 5000
 MAX_HELD = 50_000
 #: The rule state is committed at least this often while every sensor is in range.
 STATE_EVERY_S = 10.0
-#: After a commit, the writer looks at the intake once a commit interval for this long
-#: (readings flow) rather than being woken by each entry.
-FLOWING_S = 5.0
 #: Time-driven rules (delays running out, data missing) are looked at this often.
 TICK_EVERY_S = 1.0
 PRUNE_EVERY_S = 60.0
@@ -164,7 +163,7 @@ class Writer:
             # While readings flow, look at the intake once a commit interval instead of
             # waking for every line (a wake-up a line was half the CPU of a gateway at
             # 100 lines/s); after a quiet spell, the first entry wakes the writer at once.
-            flowing = self.last_commit_at is not None and now - self.last_commit_at < FLOWING_S
+            flowing = now < self._quiet_until()
             timeout = self._wait_for(now, pending, flowing)
             entries = self.intake.take(self._room(), 0.0 if stopping else timeout,
                                        wake_on_any=not pending and not flowing)
@@ -195,10 +194,10 @@ class Writer:
     def _wait_for(self, now: float, pending: bool, flowing: bool = False) -> float:
         """How long to wait for entries before the next thing to do."""
         deadlines = [self._next_tick]
-        if flowing and not pending:
-            deadlines.append(now + self.commit_interval_s)
-        if pending and self._pending_since is not None:
-            deadlines.append(self._pending_since + self.commit_interval_s)
+        if flowing and not pending and now < self._quiet_until():
+            deadlines.append(self._quiet_until())
+        if pending:
+            deadlines.append(self._quiet_until())
         if self.store_error is not None:
             deadlines.append(self._retry_at)
         return max(0.0, min(min(deadlines) - now, self.max_wait_s))
@@ -261,8 +260,14 @@ class Writer:
         n = len(self.ingest.items)
         if not n and not self._driver_states:
             return False
-        return (self._urgent or n >= self.commit_max
-                or (self._pending_since is not None and now - self._pending_since >= self.commit_interval_s))
+        return self._urgent or n >= self.commit_max or now >= self._quiet_until()
+
+    def _quiet_until(self) -> float:
+        """Commits are at least ``commit_interval_s`` apart: what comes after a quiet spell is
+        committed at once, what follows a commit waits for the next one — never longer than
+        ``commit_interval_s``, and never more than one commit an interval (SD wear)."""
+        last = self.last_commit_at
+        return -1e18 if last is None else last + self.commit_interval_s
 
     def _commit(self) -> None:
         """Commit what is held and pending, in transactions of at most TX_MAX records."""

@@ -283,3 +283,27 @@ def test_latest_driver_state_is_the_one_taken_even_before_it_is_committed(tmp_pa
     writer.stop()
     with Store.open(disk.path, gateway_id="gw", create=False, check=False) as s:
         assert s.load_state("driver:ble") == {"c": 1}
+
+
+def test_a_reading_after_a_quiet_spell_is_committed_at_once_not_after_the_interval(tmp_path: Path) -> None:
+    writer, intake, disk = make(tmp_path, interval=30.0)
+    writer.max_wait_s = 1.0
+    writer.start()
+    try:
+        intake.put_readings("sim", readings(3))  # nothing committed yet: no commit to keep apart from
+        wait_for(lambda: writer.committed >= 3, timeout=10)
+    finally:
+        writer.stop()
+
+
+def test_commits_are_kept_one_interval_apart_so_what_follows_a_commit_waits_for_the_next(tmp_path: Path) -> None:
+    writer, intake, disk = make(tmp_path, interval=30.0)
+    writer.start()
+    intake.put_readings("sim", readings(3))
+    wait_for(lambda: writer.committed >= 3, timeout=10)
+    commits = writer.commits
+    intake.put_readings("sim", readings(2, 3))  # within 30 s of the last commit: held for the next
+    wait_for(lambda: len(writer.ingest.items) == 2)
+    assert writer.commits == commits and writer.committed == 3
+    writer.stop()
+    assert len(stored(disk.path, type="reading")) == 5
