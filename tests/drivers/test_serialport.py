@@ -184,11 +184,21 @@ def test_ports_cli_lists_ports_as_json(capsys, tmp_path):
         assert {"device", "by_id", "description", "vid", "pid", "guess"} <= set(p)
 
 
-def test_after_a_small_read_the_next_read_lets_the_tty_gather_lines_first(tmp_path):
-    """At a trickle of lines, one wake-up collects several: the read after a small one
-    waits ``gather_s`` (the lines wait in the tty, not in the agent), then takes them all."""
+
+@pytest.fixture
+def logger_port(tmp_path):
+    """A pty logger and the agent's end of it, opened as a driver opens it."""
     dev = PtyDevice(tmp_path / "logger")
     port = open_port(SerialOptions(port=str(dev.link)), timeout=0.2)
+    yield dev, port
+    port.close()
+    dev.close()
+
+
+def test_after_a_small_read_the_next_read_lets_the_tty_gather_lines_first(logger_port):
+    """At a trickle of lines, one wake-up collects several: the read after a small one
+    waits ``gather_s`` (the lines wait in the tty, not in the agent), then takes them all."""
+    dev, port = logger_port
     pauses: list[float] = []
 
     def pause(seconds: float) -> bool:
@@ -197,50 +207,41 @@ def test_after_a_small_read_the_next_read_lets_the_tty_gather_lines_first(tmp_pa
         return False
 
     reader = LineReader(port, 64, gather_s=0.05, pause=pause)
-    try:
-        dev.write(b"T,1\r\n")
-        assert reader.read_lines(1.0) == [b"T,1"]
-        assert pauses == []
-        got: list[bytes] = []
-        while len(got) < 3:
-            got += reader.read_lines(1.0)
-        assert got == [b"T,2", b"T,3", b"T,4"]
-        assert len(pauses) == 1 and 0 < pauses[0] <= 0.05
-    finally:
-        port.close()
-        dev.close()
+    dev.write(b"T,1\r\n")
+    assert reader.read_lines(1.0) == [b"T,1"]
+    assert pauses == []
+    got: list[bytes] = []
+    while len(got) < 3:
+        got += reader.read_lines(1.0)
+    assert got == [b"T,2", b"T,3", b"T,4"]
+    assert len(pauses) == 1 and 0 < pauses[0] <= 0.05
 
 
-def test_a_large_read_is_followed_at_once_so_a_flood_is_read_flat_out(tmp_path):
-    dev = PtyDevice(tmp_path / "logger")
-    port = open_port(SerialOptions(port=str(dev.link)), timeout=0.2)
+def test_a_large_read_is_followed_at_once_so_a_flood_is_read_flat_out(logger_port):
+    dev, port = logger_port
     pauses: list[float] = []
     reader = LineReader(port, 64, gather_s=0.05, pause=lambda s: pauses.append(s))
-    try:
-        dev.write(b"".join(b"T,%04d\r\n" % i for i in range(400)))  # 3,600 bytes: a full read
-        got: list[bytes] = []
-        while len(got) < 400:
-            got += reader.read_lines(1.0)
-        assert got == [b"T,%04d" % i for i in range(400)]
-        assert len(pauses) <= 1  # only a small read (the last) is followed by a gather
-    finally:
-        port.close()
-        dev.close()
+    dev.write(b"".join(b"T,%04d\r\n" % i for i in range(400)))  # 3,600 bytes: a full read
+    got: list[bytes] = []
+    sizes: list[int] = []  # bytes each read took
+    while len(got) < 400:
+        before = reader.counters["bytes"]
+        got += reader.read_lines(1.0)
+        sizes.append(reader.counters["bytes"] - before)
+    assert got == [b"T,%04d" % i for i in range(400)]
+    assert sizes[0] >= 1024
+    # a read waited only after a small one: never after the large reads of the flood
+    assert len(pauses) == sum(1 for n in sizes[:-1] if n < 1024)
 
 
-def test_a_stop_during_the_gather_returns_at_once_without_reading(tmp_path):
-    dev = PtyDevice(tmp_path / "logger")
-    port = open_port(SerialOptions(port=str(dev.link)), timeout=0.2)
+def test_a_stop_during_the_gather_returns_at_once_without_reading(logger_port):
+    dev, port = logger_port
     reader = LineReader(port, 64, gather_s=0.5, pause=lambda s: True)  # the driver's stop flag is set
-    try:
-        dev.write(b"T,1\r\n")
-        assert reader.read_lines(1.0) == [b"T,1"]
-        dev.write(b"T,2\r\n")
-        assert reader.read_lines(1.0) == []  # stopping: nothing read, T,2 stays in the tty
-        assert reader.read_lines(1.0) == [b"T,2"]
-    finally:
-        port.close()
-        dev.close()
+    dev.write(b"T,1\r\n")
+    assert reader.read_lines(1.0) == [b"T,1"]
+    dev.write(b"T,2\r\n")
+    assert reader.read_lines(1.0) == []  # stopping: nothing read, T,2 stays in the tty
+    assert reader.read_lines(1.0) == [b"T,2"]
 
 
 def test_line_drivers_gather_for_50_ms_by_default_and_zero_reads_each_line_as_it_comes():
